@@ -1,0 +1,240 @@
+"""The ``infermq`` command line. Imports ``workers`` only inside the commands that start one."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from infermq.errors import InfermqError
+from infermq.settings import get_settings
+
+app = typer.Typer(help="infermq: prioritized, batched, cached model inference over RabbitMQ.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+dead_app = typer.Typer(help="Inspect and replay jobs in the dead-letter queue.",
+                       no_args_is_help=True)
+app.add_typer(dead_app, name="dead")
+console = Console()
+
+
+def _fail(error: Exception) -> None:
+    console.print(f"[red]error:[/red] {error}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def services() -> None:
+    """Check RabbitMQ, Redis and PostgreSQL; start any that is installed but stopped."""
+    from infermq.services import check_services, start_missing_services
+
+    settings = get_settings()
+    for line in start_missing_services(settings):
+        console.print(line)
+    problems = check_services(settings)
+    if problems:
+        for line in problems:
+            console.print(f"[red]{line}[/red]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the PostgreSQL schema to the newest migration (Alembic upgrade head)."""
+    from infermq.migrate import upgrade_to_head
+
+    try:
+        upgrade_to_head(get_settings())
+    except InfermqError as e:
+        _fail(e)
+    console.print("database schema is up to date")
+
+
+@app.command()
+def models(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """List the model registry: name, task types, engine, memory need."""
+    from routing.registry import load_registry
+
+    registry = load_registry(get_settings().registry_path)
+    rows = [spec.model_dump(mode="json") for spec in registry.models.values()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("model", "task types", "engine", "memory MiB", "source")
+    for row in rows:
+        table.add_row(row["name"], ", ".join(row["task_types"]), row["engine"],
+                      str(row["memory_mib"]), row["source"])
+    console.print(table)
+
+
+@app.command()
+def prepare(
+    models_csv: Annotated[str | None, typer.Option("--models", help="comma-separated")] = None,
+) -> None:
+    """Convert or build the weights of the registry's models once (GGUF → safetensors, …)."""
+    from routing.registry import load_registry
+    from workers.engines.sources import prepare_model
+
+    settings = get_settings()
+    registry = load_registry(settings.registry_path)
+    names = models_csv.split(",") if models_csv else list(registry.models)
+    for name in names:
+        spec = registry.models[name]
+        path = prepare_model(spec, settings.models_dir)
+        console.print(f"{name}: {path or 'no weights needed'}")
+
+
+@app.command()
+def worker(
+    models_csv: Annotated[str | None, typer.Option("--models", help="comma-separated; "
+                                                   "default: every registry model")] = None,
+    slots: Annotated[int | None, typer.Option(help="task threads (jobs in flight)")] = None,
+    hostname: Annotated[str | None, typer.Option(help="Celery node name")] = None,
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Start a worker that serves the given models (SIGTERM drains it: finishes what it holds)."""
+    from workers.main import run_worker
+
+    settings = get_settings()
+    if slots is not None:
+        settings = settings.model_copy(update={"worker_slots": slots})
+    run_worker(settings, models_csv.split(",") if models_csv else None, hostname, loglevel)
+
+
+@app.command()
+def submit(
+    task_type: Annotated[str, typer.Argument(help="embed | generate | classify | auto")],
+    text: Annotated[list[str], typer.Argument(help="one or more input texts")],
+    model: Annotated[str | None, typer.Option()] = None,
+    priority: Annotated[int, typer.Option(min=0, max=9)] = 5,
+    max_new_tokens: Annotated[int | None, typer.Option()] = None,
+    temperature: Annotated[float | None, typer.Option()] = None,
+    idempotency_key: Annotated[str | None, typer.Option()] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="wait and print the result")] = False,
+    timeout_s: Annotated[float, typer.Option(help="how long --wait waits")] = 120.0,
+) -> None:
+    """Submit a job; prints its id, or with --wait its result as JSON."""
+    from producer.client import Client
+
+    params: dict[str, Any] = {}
+    if max_new_tokens is not None:
+        params["max_new_tokens"] = max_new_tokens
+    if temperature is not None:
+        params["temperature"] = temperature
+    try:
+        with Client() as client:
+            handle = client.submit(task_type, text[0] if len(text) == 1 else text, model=model,
+                                   priority=priority, params=params,
+                                   idempotency_key=idempotency_key)
+            if not wait:
+                print(handle.id)
+                return
+            print(handle.result(timeout_s).model_dump_json(indent=2))
+    except InfermqError as e:
+        _fail(e)
+
+
+@app.command()
+def status(job_id: str) -> None:
+    """Print a job's status."""
+    from producer.client import Client
+
+    try:
+        with Client() as client:
+            print(client.job(job_id).status())
+    except InfermqError as e:
+        _fail(e)
+
+
+@app.command()
+def result(job_id: str, timeout_s: Annotated[float, typer.Option()] = 60.0) -> None:
+    """Wait for a job's result and print it as JSON."""
+    from producer.client import Client
+
+    try:
+        with Client() as client:
+            print(client.job(job_id).result(timeout_s).model_dump_json(indent=2))
+    except InfermqError as e:
+        _fail(e)
+
+
+@dead_app.command("list")
+def dead_list(limit: Annotated[int, typer.Option()] = 50) -> None:
+    """List the messages in the dead-letter queue (without removing them)."""
+    from producer.deadletters import peek_dead
+
+    table = Table("job id", "task", "reason", "queue")
+    for letter in peek_dead(get_settings(), limit):
+        table.add_row(letter.job_id, letter.task, letter.reason, letter.queue)
+    console.print(table)
+
+
+@dead_app.command("replay")
+def dead_replay(
+    job_id: Annotated[str | None, typer.Argument(help="one job; default: all")] = None,
+) -> None:
+    """Republish dead-lettered jobs to their queues with their attempts reset."""
+    from producer.deadletters import replay_dead
+
+    count = replay_dead(get_settings(), job_id)
+    console.print(f"replayed {count} job(s)")
+
+
+@app.command()
+def prune(
+    older_than: Annotated[str, typer.Option(help="age like 7d, 12h, 30m")] = "7d",
+) -> None:
+    """Delete finished job rows older than the given age."""
+    from infermq.retention import parse_age, prune_jobs
+
+    try:
+        deleted = prune_jobs(get_settings(), parse_age(older_than))
+    except (InfermqError, ValueError) as e:
+        _fail(e)
+        return
+    console.print(f"deleted {deleted} job row(s) older than {older_than}")
+
+
+@app.command()
+def flower(
+    address: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 5555,
+    basic_auth: Annotated[str | None, typer.Option(help="user:password; required unless "
+                                                   "bound to loopback")] = None,
+) -> None:
+    """Run Flower on infermq's Celery app (loopback only unless given basic auth)."""
+    from workers.celery_app import create_app
+
+    if address not in ("127.0.0.1", "localhost", "::1") and not basic_auth:
+        _fail(InfermqError(f"Flower on {address} would be open to the network: "
+                           "pass --basic-auth user:password"))
+    argv = ["flower", f"--address={address}", f"--port={port}"]
+    if basic_auth:
+        argv.append(f"--basic-auth={basic_auth}")
+    celery_app = create_app(get_settings())
+    celery_app.start(["celery", *argv])
+
+
+@app.command()
+def demo(
+    jobs: Annotated[int, typer.Option(help="how many jobs to submit")] = 200,
+    fast: Annotated[bool, typer.Option(help="tiny random models instead of SmolLM2")] = False,
+) -> None:
+    """Start a worker, submit a few hundred mixed jobs, show progress and a results table."""
+    from infermq.demo import run_demo
+
+    try:
+        run_demo(get_settings(), jobs, fast)
+    except InfermqError as e:
+        _fail(e)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(app())

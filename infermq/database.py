@@ -1,0 +1,40 @@
+"""The SQLAlchemy engine for the configured PostgreSQL, one per process and URL."""
+
+from __future__ import annotations
+
+import threading
+
+from sqlalchemy import Engine, create_engine
+
+from infermq.settings import Settings
+
+_engines: dict[tuple[str, str | None], Engine] = {}
+_lock = threading.Lock()
+
+
+def get_engine(settings: Settings) -> Engine:
+    """A pooled engine whose connections use the settings' schema as their search path."""
+    key = (settings.database_url, settings.database_schema)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            connect_args = {"connect_timeout": 5}
+            if settings.database_schema:
+                connect_args["options"] = f"-csearch_path={settings.database_schema}"  # type: ignore[assignment]
+            engine = create_engine(
+                settings.database_url,
+                connect_args=connect_args,
+                pool_size=10,
+                max_overflow=20,
+                pool_pre_ping=True,
+            )
+            _engines[key] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    """Closes every pooled connection (after fork, or at the end of a test run)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()

@@ -1,0 +1,147 @@
+"""The wire format of a job: what a caller asks for, what travels on RabbitMQ, what comes back.
+
+JSON only. Every model carries a ``schema_version`` so that a worker can refuse a message it
+does not understand instead of guessing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+
+SCHEMA_VERSION: Literal[1] = 1
+
+
+class TaskType(StrEnum):
+    """What a job asks a model to do; ``auto`` lets the router choose."""
+
+    EMBED = "embed"
+    GENERATE = "generate"
+    CLASSIFY = "classify"
+    AUTO = "auto"
+
+
+class JobStatus(StrEnum):
+    """A job's lifecycle; ``done``, ``failed``, ``dead``, ``cancelled``, ``rejected`` are final."""
+
+    SUBMITTING = "submitting"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset(
+    {JobStatus.DONE, JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED, JobStatus.REJECTED}
+)
+
+CacheOutcome = Literal["exact", "semantic", "miss"]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=32_768)
+
+
+JobInput = str | list[str] | list[ChatMessage]
+
+
+class GenerationParams(BaseModel):
+    """Parameters that change the output; the cache key includes every one of them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_new_tokens: int = Field(default=64, ge=1, le=4096)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0)
+
+
+class JobRequest(BaseModel):
+    """What a caller submits. Validated at the edge; a failure publishes and writes nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_type: TaskType
+    input: JobInput
+    model: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    params: GenerationParams = GenerationParams()
+    priority: Annotated[int, Field(ge=0, le=9)] = 5
+    session_id: str | None = Field(default=None, min_length=1, max_length=64)
+    webhook_url: HttpUrl | None = None
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    timeout_s: float | None = Field(default=None, gt=0, le=3600)
+
+    @field_validator("input")
+    @classmethod
+    def _input_not_empty(cls, value: JobInput) -> JobInput:
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValueError("input is empty: give a non-blank text")
+        elif not value:
+            raise ValueError("input is an empty list: give at least one text or message")
+        elif isinstance(value[0], str) and any(not text.strip() for text in value):
+            raise ValueError("input holds a blank text")
+        return value
+
+    def input_chars(self) -> int:
+        """Total characters of the input, to refuse oversized jobs before publishing."""
+        if isinstance(self.input, str):
+            return len(self.input)
+        return sum(len(i) if isinstance(i, str) else len(i.content) for i in self.input)
+
+    def input_count(self) -> int:
+        return 1 if isinstance(self.input, str) else len(self.input)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobMessage(BaseModel):
+    """The body that travels on RabbitMQ: a validated request with its id and chosen model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: str
+    task_type: TaskType
+    model: str
+    input: JobInput
+    params: GenerationParams = GenerationParams()
+    priority: int = Field(ge=0, le=9)
+    session_id: str | None = None
+    webhook_url: str | None = None
+    timeout_s: float = Field(gt=0)
+    submitted_at: datetime
+
+
+class JobResult(BaseModel):
+    """What a finished job gives back, written to Redis and to the job's PostgreSQL row."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: str
+    status: JobStatus
+    model: str | None = None
+    output: Any = None
+    error: str | None = None
+    cache: CacheOutcome = "miss"
+    cache_source_job: str | None = None
+    cache_similarity: float | None = None
+    tokens: int | None = None
+    latency_ms: float | None = None
+    finished_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,113 @@
+"""Every Redis key and every RabbitMQ exchange and queue name, built in one place.
+
+Redis is shared (job statuses, token streams, the cache, sessions, metrics), so every key
+starts with the settings' ``redis_prefix``; every AMQP name starts with ``namespace``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """Builds the Redis keys of one deployment (one ``redis_prefix``)."""
+
+    prefix: str
+
+    def job_status(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:status"
+
+    def job_result(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:result"
+
+    def job_events(self, job_id: str) -> str:
+        """The job's Redis stream: status changes and generated tokens, in order."""
+        return f"{self.prefix}:job:{job_id}:events"
+
+    def job_cancel(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:cancel"
+
+    def cache_entry(self, cache_key: str) -> str:
+        return f"{self.prefix}:cache:{cache_key}"
+
+    def cache_index(self, namespace: str) -> str:
+        return f"{self.prefix}:cacheidx:{namespace}"
+
+    def cache_band(self, namespace: str, band: int, band_hash: str) -> str:
+        return f"{self.prefix}:cacheband:{namespace}:{band}:{band_hash}"
+
+    def cache_stats(self) -> str:
+        return f"{self.prefix}:cache:stats"
+
+    def session_context(self, session_id: str) -> str:
+        return f"{self.prefix}:session:{session_id}:context"
+
+    def session_lock(self, session_id: str) -> str:
+        return f"{self.prefix}:session:{session_id}:lock"
+
+    def session_index(self) -> str:
+        """The sorted set of context keys held in Redis, scored by use (LFU eviction)."""
+        return f"{self.prefix}:session:lfu"
+
+    def session_turns(self, session_id: str) -> str:
+        """The session's Redis stream of finished turns; a job waiting for its turn reads it."""
+        return f"{self.prefix}:session:{session_id}:turns"
+
+    def model_metrics(self, model: str, worker: str) -> str:
+        return f"{self.prefix}:metrics:{model}:{worker}"
+
+    def model_metrics_pattern(self, model: str) -> str:
+        return f"{self.prefix}:metrics:{model}:*"
+
+    def test_gate(self, name: str) -> str:
+        """A list the test engine blocks on until a test pushes to it."""
+        return f"{self.prefix}:testgate:{name}:open"
+
+    def test_gate_entered(self, name: str) -> str:
+        """A list the test engine pushes to when a job reaches the gate."""
+        return f"{self.prefix}:testgate:{name}:entered"
+
+
+@dataclass(frozen=True)
+class QueueNames:
+    """Builds the exchange and queue names of one deployment (one ``namespace``)."""
+
+    namespace: str
+
+    @property
+    def exchange(self) -> str:
+        """The direct exchange every job is published to."""
+        return self.namespace
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.namespace}.dlx"
+
+    @property
+    def dead(self) -> str:
+        """Where jobs that failed for good and undecodable messages end."""
+        return f"{self.namespace}.dead"
+
+    @property
+    def route(self) -> str:
+        """Requests of task type ``auto`` wait here for the router task."""
+        return f"{self.namespace}.route"
+
+    @property
+    def webhooks(self) -> str:
+        return f"{self.namespace}.webhooks"
+
+    def for_model(self, task_type: str, model: str) -> str:
+        """``infer.<task>.<model>``: one queue per task type and model."""
+        return f"{self.namespace}.{task_type}.{model}"
+
+
+RUN_JOB_TASK = "infermq.run_job"
+"""The Celery task that runs one job on a model."""
+
+ROUTE_JOB_TASK = "infermq.route_job"
+"""The Celery task that chooses a model for a job of task type ``auto``."""
+
+DELIVER_WEBHOOK_TASK = "infermq.deliver_webhook"
+"""The Celery task that POSTs a finished job to its webhook URL."""

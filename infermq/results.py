@@ -1,0 +1,89 @@
+"""A job's hot state in Redis: status, result and its event stream (statuses and tokens).
+
+Workers write; any number of readers wait on the stream with a blocking XREAD, so waiting
+needs no polling loop and reading consumes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from infermq.jobs import JobResult, JobStatus
+from infermq.keys import RedisKeys
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One entry of a job's stream: a status change or a generated piece of text."""
+
+    event_id: str
+    kind: str  # "status" | "token"
+    data: str
+
+
+class JobStateStore:
+    """Reads and writes the Redis side of jobs for one deployment.
+
+    The client must decode responses (``decode_responses=True``).
+    """
+
+    def __init__(self, client: redis.Redis, keys: RedisKeys, ttl_s: int) -> None:
+        self.client = client
+        self.keys = keys
+        self.ttl_s = ttl_s
+
+    def mark_status(self, job_id: str, status: JobStatus) -> None:
+        """Sets the hot status and appends the change to the job's stream."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.keys.job_status(job_id), status.value, ex=self.ttl_s)
+        pipe.xadd(self.keys.job_events(job_id), {"kind": "status", "data": status.value})
+        pipe.expire(self.keys.job_events(job_id), self.ttl_s)
+        pipe.execute()
+
+    def append_token(self, job_id: str, text: str) -> None:
+        self.client.xadd(self.keys.job_events(job_id), {"kind": "token", "data": text})
+
+    def write_result(self, result: JobResult) -> None:
+        """Writes the result, then the final status event that wakes every waiter."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(self.keys.job_result(result.job_id), result.model_dump_json(), ex=self.ttl_s)
+        pipe.set(self.keys.job_status(result.job_id), result.status.value, ex=self.ttl_s)
+        pipe.xadd(
+            self.keys.job_events(result.job_id), {"kind": "status", "data": result.status.value}
+        )
+        pipe.expire(self.keys.job_events(result.job_id), self.ttl_s)
+        pipe.execute()
+
+    def read_status(self, job_id: str) -> JobStatus | None:
+        raw = self.client.get(self.keys.job_status(job_id))
+        return JobStatus(_text(raw)) if raw is not None else None
+
+    def read_result(self, job_id: str) -> JobResult | None:
+        raw = self.client.get(self.keys.job_result(job_id))
+        return JobResult.model_validate_json(raw) if raw is not None else None
+
+    def events(
+        self, job_id: str, after_id: str = "0-0", block_ms: int = 1000
+    ) -> Iterator[JobEvent]:
+        """Events after ``after_id``, waiting up to ``block_ms`` for the first new one."""
+        answer: Any = self.client.xread(
+            {self.keys.job_events(job_id): after_id}, block=block_ms, count=1000
+        )
+        for _stream, entries in answer or []:
+            for event_id, fields in entries:
+                yield JobEvent(_text(event_id), fields["kind"], fields["data"])
+
+    def request_cancel(self, job_id: str) -> None:
+        self.client.set(self.keys.job_cancel(job_id), "1", ex=self.ttl_s)
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        return bool(self.client.exists(self.keys.job_cancel(job_id)))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+

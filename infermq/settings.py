@@ -1,0 +1,88 @@
+"""One typed settings object for every process, read from ``INFERMQ_*`` environment variables.
+
+Defaults point at the services of a developer machine (loopback, guest/guest, trust auth), so a
+fresh checkout runs with no configuration; compose.yaml and production set the variables.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything a producer, worker or gateway needs to find its services and behave."""
+
+    model_config = SettingsConfigDict(env_prefix="INFERMQ_", extra="forbid", frozen=True)
+
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    database_schema: str | None = Field(
+        default=None, description="PostgreSQL schema for every table (tests isolate by schema)"
+    )
+
+    namespace: str = Field(
+        default="infer",
+        pattern=r"^[a-z][a-z0-9_-]{0,30}$",
+        description="prefix of every exchange and queue name (tests isolate by namespace)",
+    )
+    redis_prefix: str = Field(default="infermq", pattern=r"^[a-zA-Z0-9_:-]{1,40}$")
+
+    registry_path: Path | None = Field(
+        default=None, description="a models TOML file replacing the one shipped with infermq"
+    )
+    models_dir: Path = Field(
+        default=Path(".models"), description="where converted and generated model weights live"
+    )
+
+    publish_confirm_timeout_s: float = Field(default=10.0, gt=0)
+    queue_max_length: int = Field(default=100_000, ge=1)
+    max_attempts: int = Field(default=3, ge=1, description="deliveries before a job is dead")
+    result_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    default_timeout_s: float = Field(default=120.0, gt=0)
+
+    max_input_chars: int = Field(default=32_768, ge=1)
+    max_inputs_per_job: int = Field(default=2048, ge=1)
+
+    worker_slots: int = Field(default=16, ge=1, description="task threads per worker process")
+    max_batch_size: int = Field(default=32, ge=1)
+    max_wait_ms: float = Field(default=5.0, ge=0)
+    torch_threads: int | None = Field(default=None, ge=1)
+    device: str | None = Field(default=None, description="torch device; CUDA when present")
+    torch_dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        default=None, description="weights' dtype; float16 on CUDA and float32 on CPU if unset"
+    )
+
+    session_idle_sleep_after_s: float = Field(
+        default=15 * 60, gt=0, description="an ACTIVE session idle this long is put to SLEEP"
+    )
+    session_terminate_after_s: float = Field(
+        default=7 * 24 * 3600, gt=0, description="a session idle this long is TERMINATED"
+    )
+    session_context_ttl_s: int = Field(
+        default=3600, ge=1, description="TTL of a context in Redis, renewed on each use"
+    )
+    session_redis_max_contexts: int = Field(
+        default=100_000, ge=1, description="contexts held in Redis; the least used are evicted"
+    )
+    session_turn_wait_s: float = Field(
+        default=30.0, ge=0, description="how long a job waits for its session turn, then requeues"
+    )
+    worker_context_cache_size: int = Field(
+        default=1024, ge=1, description="session contexts held in each worker's memory"
+    )
+
+    test_hooks: bool = Field(
+        default=False, description="enables the gates of the test engine; never in production"
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

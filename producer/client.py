@@ -1,0 +1,278 @@
+"""The client SDK: submit a job, get a handle at once, wait for its result without polling.
+
+``Client.submit`` validates (a typed error and nothing written for bad input), writes the job
+row as ``submitting``, publishes with a broker confirm, then marks the job ``queued``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
+
+from infermq.connections import get_redis
+from infermq.database import get_engine
+from infermq.errors import (
+    InvalidRequest,
+    JobFailed,
+    JobTimeout,
+    QueueError,
+    UnknownTaskType,
+)
+from infermq.jobs import JobMessage, JobRequest, JobResult, JobStatus, TaskType, utcnow
+from infermq.jobstore import database_unavailable, get_job, insert_submitting, set_status
+from infermq.keys import RUN_JOB_TASK, QueueNames, RedisKeys
+from infermq.results import JobStateStore
+from infermq.settings import Settings, get_settings
+from producer.publisher import ConfirmedPublisher
+from routing.registry import load_registry
+from routing.topology import build_topology
+
+FAILED_STATUSES = (JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED, JobStatus.REJECTED)
+
+
+class Client:
+    """Submits jobs and reads their results; safe to share between threads."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.registry = load_registry(self.settings.registry_path)
+        self.topology = build_topology(
+            self.registry, QueueNames(self.settings.namespace), self.settings.queue_max_length
+        )
+        self.keys = RedisKeys(self.settings.redis_prefix)
+        self.engine = get_engine(self.settings)
+        self.state = JobStateStore(get_redis(self.settings), self.keys, self.settings.result_ttl_s)
+        self.publisher = ConfirmedPublisher(self.settings, self.topology)
+
+    def validate(self, task_type: str, input: Any, **fields: Any) -> tuple[JobRequest, str]:
+        """The validated request and the model that will run it.
+
+        Raises:
+            InvalidRequest: (or a subclass) the request is malformed, too large, or names a
+                task type or model the registry does not serve.
+        """
+        if task_type not in {t.value for t in TaskType}:
+            known = ", ".join(sorted(t.value for t in self.registry.task_types))
+            raise UnknownTaskType(f"unknown task type {task_type!r}; known: {known}")
+        try:
+            request = JobRequest.model_validate(
+                {"task_type": task_type, "input": input, **fields}
+            )
+        except ValidationError as e:
+            raise InvalidRequest(f"invalid job request: {_describe(e)}") from e
+        if request.input_chars() > self.settings.max_input_chars:
+            raise InvalidRequest(
+                f"input has {request.input_chars()} characters; the limit is "
+                f"{self.settings.max_input_chars} (INFERMQ_MAX_INPUT_CHARS): split it"
+            )
+        if request.input_count() > self.settings.max_inputs_per_job:
+            raise InvalidRequest(
+                f"input has {request.input_count()} items; the limit is "
+                f"{self.settings.max_inputs_per_job} per job: split it over several jobs"
+            )
+        spec = self.registry.choose_model(request.task_type, request.model)
+        return request, spec.name
+
+    def submit(self, task_type: str, input: Any, **fields: Any) -> JobHandle:
+        """Submits one job and returns its handle once the broker has confirmed it.
+
+        Fields: ``model``, ``params`` (dict or GenerationParams), ``priority`` (0-9),
+        ``session_id``, ``webhook_url``, ``idempotency_key``, ``timeout_s``. The same
+        idempotency key returns the same job and publishes once.
+
+        Raises:
+            InvalidRequest: bad input; nothing was published or written.
+            QueueFull, QueueUnavailable: the broker did not take the job; its row says
+                ``rejected``.
+            ServiceUnavailable: PostgreSQL or Redis cannot be reached.
+        """
+        request, model = self.validate(task_type, input, **fields)
+        message = JobMessage(
+            job_id=str(uuid.uuid4()),
+            task_type=request.task_type,
+            model=model,
+            input=request.input,
+            params=request.params,
+            priority=request.priority,
+            session_id=request.session_id,
+            webhook_url=str(request.webhook_url) if request.webhook_url else None,
+            timeout_s=request.timeout_s or self.settings.default_timeout_s,
+            submitted_at=utcnow(),
+        )
+        return self.publish(message, request.idempotency_key)
+
+    def publish(self, message: JobMessage, idempotency_key: str | None = None) -> JobHandle:
+        """Records and publishes an already validated job message (see ``submit``)."""
+        try:
+            with self.engine.begin() as connection:
+                existing = insert_submitting(connection, message, idempotency_key)
+        except OperationalError as e:
+            raise database_unavailable(self.engine, e) from e
+        if existing is not None and existing.status not in (
+            JobStatus.SUBMITTING,
+            JobStatus.REJECTED,
+        ):
+            return JobHandle(self, existing.id)
+        job_id = existing.id if existing is not None else message.job_id
+        message = message.model_copy(update={"job_id": job_id})
+        queue = self.topology.queue_for(message.task_type.value, message.model)
+        # The hot status goes first: the worker cannot see the job before the publish, so its
+        # own status events always come after this one.
+        self.state.mark_status(job_id, JobStatus.QUEUED)
+        try:
+            self.publisher.publish(
+                queue,
+                RUN_JOB_TASK,
+                job_id,
+                {"message": message.model_dump(mode="json")},
+                message.priority,
+            )
+        except QueueError as e:
+            with self.engine.begin() as connection:
+                set_status(connection, job_id, JobStatus.REJECTED, error=str(e))
+            self.state.mark_status(job_id, JobStatus.REJECTED)
+            raise
+        with self.engine.begin() as connection:
+            set_status(
+                connection, job_id, JobStatus.QUEUED, only_from=(JobStatus.SUBMITTING,
+                                                                 JobStatus.REJECTED)
+            )
+        return JobHandle(self, job_id)
+
+    def job(self, job_id: str) -> JobHandle:
+        """A handle on an existing job."""
+        return JobHandle(self, job_id)
+
+    def close(self) -> None:
+        self.publisher.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class JobHandle:
+    """A submitted job: its id, its status, its result, its token stream."""
+
+    def __init__(self, client: Client, job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.id!r})"
+
+    def status(self) -> str:
+        """The job's status: Redis first, then the PostgreSQL row (the durable record)."""
+        hot = self.client.state.read_status(self.id)
+        if hot is not None:
+            return hot.value
+        return get_job(self.client.engine, self.id).status.value
+
+    def result(self, timeout_s: float = 60.0) -> JobResult:
+        """Waits for the job to end and returns its result; does not consume it.
+
+        Raises:
+            JobFailed: the job ended failed, dead, cancelled or rejected.
+            JobTimeout: the job did not end within ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        last_id = "0-0"
+        result = self._final_result()
+        while result is None:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                raise JobTimeout(
+                    f"job {self.id} did not finish within {timeout_s} s (status "
+                    f"{self.status()}); wait longer or check the workers (`infermq status`)"
+                )
+            for event in self.client.state.events(self.id, last_id, block_ms=remaining_ms):
+                last_id = event.event_id
+                if event.kind == "status" and JobStatus(event.data).is_final:
+                    result = self._final_result()
+        return result
+
+    def _final_result(self) -> JobResult | None:
+        result = self.client.state.read_result(self.id)
+        if result is None:
+            row = get_job(self.client.engine, self.id)
+            if not row.status.is_final:
+                return None
+            if row.result is not None:
+                result = JobResult.model_validate(row.result)
+            else:
+                result = JobResult(job_id=self.id, status=row.status, error=row.error)
+        if result.status in FAILED_STATUSES:
+            raise JobFailed(self.id, result.status.value, result.error)
+        return result
+
+    def stream(self, timeout_s: float = 60.0) -> Iterator[str]:
+        """Yields generated text pieces as the worker produces them, until the job ends.
+
+        Raises:
+            JobTimeout: the job did not end within ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        last_id = "0-0"
+        while True:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                raise JobTimeout(f"job {self.id} did not finish streaming within {timeout_s} s")
+            for event in self.client.state.events(self.id, last_id, block_ms=remaining_ms):
+                last_id = event.event_id
+                if event.kind == "token":
+                    yield event.data
+                elif JobStatus(event.data).is_final:
+                    return
+
+    def cancel(self) -> None:
+        """Asks the worker not to run the job if it has not started; a durable mark."""
+        self.client.state.request_cancel(self.id)
+
+
+class AsyncClient:
+    """The asyncio twin of ``Client``: the same calls, awaited."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._client = Client(settings)
+
+    async def submit(self, task_type: str, input: Any, **fields: Any) -> AsyncJobHandle:
+        handle = await asyncio.to_thread(self._client.submit, task_type, input, **fields)
+        return AsyncJobHandle(handle)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._client.close)
+
+
+class AsyncJobHandle:
+    def __init__(self, handle: JobHandle) -> None:
+        self._handle = handle
+        self.id = handle.id
+
+    async def status(self) -> str:
+        return await asyncio.to_thread(self._handle.status)
+
+    async def result(self, timeout_s: float = 60.0) -> JobResult:
+        return await asyncio.to_thread(self._handle.result, timeout_s)
+
+    async def stream(self, timeout_s: float = 60.0) -> AsyncIterator[str]:
+        iterator = self._handle.stream(timeout_s)
+        while True:
+            piece = await asyncio.to_thread(next, iterator, None)
+            if piece is None:
+                return
+            yield piece
+
+
+def _describe(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in item['loc']) or 'request'}: {item['msg']}"
+        for item in error.errors()
+    )

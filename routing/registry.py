@@ -1,0 +1,185 @@
+"""The model registry: which models serve which task types, on which engine, at what memory cost.
+
+Read from a TOML file shipped with the package (``routing/models.toml``) or the one that
+``INFERMQ_REGISTRY_PATH`` names. Pure data: no I/O beyond reading that file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from infermq.errors import ConfigError, UnknownModel, UnknownTaskType
+from infermq.jobs import TaskType
+
+SHIPPED_REGISTRY = Path(__file__).with_name("models.toml")
+
+EngineName = Literal["torch", "vllm", "noop", "test", "openai"]
+
+
+class ModelSpec(BaseModel):
+    """One model as the registry describes it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    task_types: tuple[TaskType, ...]
+    engine: EngineName
+    source: str = "none"
+    revision: str = "0"
+    memory_mib: int = Field(ge=0)
+    max_batch_size: int = Field(default=32, ge=1)
+    max_wait_ms: float = Field(default=5.0, ge=0)
+    slots: int | None = Field(default=None, ge=1, description="task threads; default batch size")
+    size_class: Literal["small", "large"] = "small"
+    cacheable: bool = True
+    canary_of: str | None = Field(
+        default=None, description="the model this one takes a canary slice of routed jobs from"
+    )
+    traffic_share: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="share of canary_of's routed jobs sent here"
+    )
+
+    @model_validator(mode="after")
+    def _share_only_with_canary(self) -> ModelSpec:
+        if (self.canary_of is None) != (self.traffic_share == 0.0):
+            raise ValueError(
+                f"model {self.name!r}: canary_of and a traffic_share > 0 go together "
+                f"(canary_of={self.canary_of!r}, traffic_share={self.traffic_share})"
+            )
+        return self
+
+
+class TaskTypePolicy(BaseModel):
+    """How one task type is served: its default model and its cache policy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default_model: str
+    cacheable: bool = True
+    cache_ttl_s: int = Field(default=24 * 3600, ge=1)
+    cache_max_entries: int = Field(default=100_000, ge=1)
+    semantic_threshold: float = Field(default=0.85, ge=0, le=1)
+
+
+class Registry(BaseModel):
+    """Every model and task type policy, checked for consistency when loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: dict[str, ModelSpec]
+    task_types: dict[TaskType, TaskTypePolicy]
+
+    @model_validator(mode="after")
+    def _defaults_serve_their_task(self) -> Registry:
+        for task, policy in self.task_types.items():
+            spec = self.models.get(policy.default_model)
+            if spec is None or task not in spec.task_types:
+                raise ValueError(
+                    f"task type {task} names default model {policy.default_model!r}, "
+                    f"which is not a model serving {task}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _canaries_shadow_a_primary(self) -> Registry:
+        shares: dict[str, float] = {}
+        for spec in self.models.values():
+            if spec.canary_of is None:
+                continue
+            primary = self.models.get(spec.canary_of)
+            if primary is None or primary.canary_of is not None:
+                raise ValueError(
+                    f"model {spec.name!r} is a canary of {spec.canary_of!r}, "
+                    "which is not a (non-canary) model of the registry"
+                )
+            if not set(spec.task_types) >= set(primary.task_types):
+                raise ValueError(
+                    f"canary {spec.name!r} must serve every task type of {primary.name!r}"
+                )
+            shares[primary.name] = shares.get(primary.name, 0.0) + spec.traffic_share
+        over = {name: share for name, share in shares.items() if share > 1.0}
+        if over:
+            raise ValueError(f"canary traffic shares add up to more than 1: {over}")
+        return self
+
+    def canaries_of(self, name: str) -> list[ModelSpec]:
+        """The canaries that take a slice of ``name``'s routed jobs, in registry order."""
+        return [spec for spec in self.models.values() if spec.canary_of == name]
+
+    def routable_models(self, task_type: TaskType, size_class: str | None = None) -> list[ModelSpec]:
+        """Models the router may choose for ``task_type`` (canaries only get their slice).
+
+        The task type's default model comes first, then the others in registry order.
+        """
+        policy = self.task_types.get(task_type)
+        default = policy.default_model if policy else None
+        specs = [
+            spec
+            for spec in self.models.values()
+            if task_type in spec.task_types
+            and spec.canary_of is None
+            and (size_class is None or spec.size_class == size_class)
+        ]
+        return sorted(specs, key=lambda spec: spec.name != default)
+
+    def choose_model(self, task_type: TaskType, model: str | None) -> ModelSpec:
+        """The model a job of ``task_type`` runs on: the one asked for, else the default.
+
+        Raises:
+            UnknownTaskType: no model serves ``task_type``.
+            UnknownModel: ``model`` is not in the registry or does not serve ``task_type``.
+        """
+        policy = self.task_types.get(task_type)
+        if policy is None:
+            known = ", ".join(sorted(self.task_types))
+            raise UnknownTaskType(f"no model serves task type {task_type!r}; known: {known}")
+        name = model or policy.default_model
+        spec = self.models.get(name)
+        if spec is None or task_type not in spec.task_types:
+            serving = ", ".join(sorted(n for n, m in self.models.items() if task_type in m.task_types))
+            raise UnknownModel(
+                f"model {name!r} does not serve {task_type}; models that do: {serving}"
+            )
+        return spec
+
+    def queues(self) -> list[tuple[TaskType, str]]:
+        """Every (task type, model) pair, one queue each."""
+        return [(t, name) for name, spec in self.models.items() for t in spec.task_types]
+
+
+def parse_registry(data: dict[str, object], origin: str = "<registry>") -> Registry:
+    """Builds a registry from decoded TOML.
+
+    Raises:
+        ConfigError: the data does not describe a consistent registry.
+    """
+    try:
+        models = {
+            name: {**spec, "name": name}  # type: ignore[dict-item]
+            for name, spec in dict(data.get("models", {})).items()  # type: ignore[call-overload]
+        }
+        return Registry.model_validate({"models": models, "task_types": data.get("task_types", {})})
+    except ValidationError as e:
+        raise ConfigError(f"model registry {origin} is invalid: {e}") from e
+
+
+@lru_cache(maxsize=8)
+def load_registry(path: Path | None = None) -> Registry:
+    """The registry at ``path``, or the one shipped with infermq.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or inconsistent.
+    """
+    path = path or SHIPPED_REGISTRY
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(
+            f"cannot read the model registry {path}: {e}; fix INFERMQ_REGISTRY_PATH"
+        ) from e
+    return parse_registry(data, str(path))

@@ -1,0 +1,112 @@
+"""Helpers shared by the tests: cleaning up a namespace, reading queue depths."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pika
+
+from infermq.keys import QueueNames
+from infermq.settings import Settings
+from routing.registry import load_registry
+from routing.topology import build_topology
+
+
+def queue_depth(settings: Settings, queue: str) -> int:
+    """Messages ready in ``queue`` (0 when it does not exist)."""
+    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+    try:
+        channel = connection.channel()
+        try:
+            return int(channel.queue_declare(queue, passive=True).method.message_count)
+        except pika.exceptions.ChannelClosedByBroker:
+            return 0
+    finally:
+        with contextlib.suppress(Exception):
+            connection.close()
+
+
+def delete_namespace(settings: Settings) -> None:
+    """Deletes every queue and exchange of the settings' namespace."""
+    names = QueueNames(settings.namespace)
+    topology = build_topology(
+        load_registry(settings.registry_path), names, settings.queue_max_length
+    )
+    queues = [q.name for q in topology.work_queues] + [
+        topology.webhook_queue.name,
+        topology.dead_queue.name,
+        f"{settings.namespace}.delay",
+    ]
+    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+    try:
+        channel = connection.channel()
+        for queue in queues:
+            channel.queue_delete(queue)
+        for exchange in (names.exchange, names.dead_letter_exchange):
+            channel.exchange_delete(exchange)
+    finally:
+        with contextlib.suppress(Exception):
+            connection.close()
+
+
+TEST_REGISTRY = Path(__file__).parent / "data" / "registry_test.toml"
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMQ_")}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"INFERMQ_{name.upper()}"] = str(value).lower() if isinstance(value, bool) \
+                else str(value)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class WorkerProcess:
+    """A real worker (``infermq worker``) in its own process group, so a test can kill -9 it."""
+
+    def __init__(self, settings: Settings, models: list[str], log_path: Path,
+                 slots: int = 4) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "infermq.cli", "worker", f"--models={','.join(models)}",
+             f"--slots={slots}", f"--hostname=w{uuid.uuid4().hex[:6]}@%h"],
+            env=settings_env(settings),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as a crashed host would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def terminate(self, timeout_s: float = 60) -> int:
+        """SIGTERM: Celery's warm shutdown finishes what the worker holds."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        return self.process.wait(timeout=timeout_s)
+
+    def wait_exit(self, timeout_s: float = 120) -> int:
+        return self.process.wait(timeout=timeout_s)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.terminate(timeout_s=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")

@@ -1,0 +1,82 @@
+"""The Celery application of a worker: JSON only, late acks, prefetch 1 per task slot.
+
+Why these settings: a worker holds at most one unacked message per task slot (prefetch
+multiplier 1), so the broker keeps the rest and keeps ordering them by priority; a message is
+acked only after its result is committed (late acks), so a killed worker loses nothing; a
+message that cannot be decoded is rejected into the dead-letter queue instead of being acked
+and dropped (Celery's default).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.worker.consumer.consumer import Consumer
+from kombu import Exchange, Queue
+
+from infermq.keys import QueueNames
+from infermq.settings import Settings
+from routing.registry import load_registry
+from routing.topology import QueueSpec, Topology, build_topology
+
+
+class DeadLetteringConsumer(Consumer):
+    """Rejects undecodable messages without requeue, so RabbitMQ dead-letters them."""
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        message.reject(requeue=False)
+
+
+def kombu_queue(spec: QueueSpec, exchange: Exchange) -> Queue:
+    return Queue(
+        spec.name,
+        exchange=exchange,
+        routing_key=spec.routing_key,
+        durable=True,
+        queue_arguments=spec.arguments,
+    )
+
+
+def topology_for(settings: Settings) -> Topology:
+    registry = load_registry(settings.registry_path)
+    return build_topology(registry, QueueNames(settings.namespace), settings.queue_max_length)
+
+
+def create_app(settings: Settings) -> Celery:
+    """A Celery app bound to the settings' broker and topology."""
+    topology = topology_for(settings)
+    exchange = Exchange(topology.names.exchange, type="direct", durable=True)
+    queues = [kombu_queue(spec, exchange) for spec in (*topology.work_queues,
+                                                       topology.webhook_queue)]
+    app = Celery("infermq", broker=settings.broker_url, set_as_current=True)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=settings.worker_slots,
+        worker_pool="threads",
+        worker_consumer=f"{__name__}:DeadLetteringConsumer",
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"confirm_publish": True},
+        task_queues=queues,
+        task_default_exchange=topology.names.exchange,
+        task_default_queue=topology.job_queues[0].name,
+        task_create_missing_queues=False,
+        task_queue_max_priority=9,
+        task_default_priority=5,
+        enable_utc=True,
+    )
+    app.conf.infermq_settings = settings
+    app.conf.infermq_topology = topology
+    return app

@@ -1,0 +1,40 @@
+"""The Celery tasks of a worker: thin shells around the job runner.
+
+A task's outcome decides the message's fate: returning acks it; ``Reject(requeue=False)``
+sends it to the dead-letter queue; a retry republishes it with backoff for transient failures
+(PostgreSQL or Redis briefly unreachable).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from celery import Celery, Task
+from celery.exceptions import Reject
+from sqlalchemy.exc import OperationalError
+
+from infermq.errors import ServiceUnavailable
+from infermq.keys import RUN_JOB_TASK
+from workers.execution import DeadLetter
+from workers.runtime import WorkerRuntime
+
+TRANSIENT_ERRORS = (OperationalError, redis.ConnectionError, redis.TimeoutError,
+                    ServiceUnavailable)
+MAX_TRANSIENT_RETRIES = 5
+
+
+def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
+    """Registers the worker's tasks on ``app``, bound to ``runtime``."""
+
+    @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, ignore_result=True)
+    def run_job(self: Task, message: dict[str, Any]) -> None:
+        try:
+            runtime.runner.run(message)
+        except DeadLetter as e:
+            raise Reject(str(e), requeue=False) from e
+        except TRANSIENT_ERRORS as e:
+            countdown_s = min(30, 2 ** self.request.retries)
+            raise self.retry(
+                exc=e, countdown=countdown_s, max_retries=MAX_TRANSIENT_RETRIES
+            ) from e

@@ -63,6 +63,9 @@ class TaskTypePolicy(BaseModel):
     cacheable: bool = True
     cache_ttl_s: int = Field(default=24 * 3600, ge=1)
     cache_max_entries: int = Field(default=100_000, ge=1)
+    cache_sampled: bool = Field(
+        default=False, description="cache generate jobs with temperature > 0 (keyed by seed)"
+    )
     semantic_threshold: float = Field(default=0.85, ge=0, le=1)
 
 
@@ -111,7 +114,9 @@ class Registry(BaseModel):
         """The canaries that take a slice of ``name``'s routed jobs, in registry order."""
         return [spec for spec in self.models.values() if spec.canary_of == name]
 
-    def routable_models(self, task_type: TaskType, size_class: str | None = None) -> list[ModelSpec]:
+    def routable_models(
+        self, task_type: TaskType, size_class: str | None = None
+    ) -> list[ModelSpec]:
         """Models the router may choose for ``task_type`` (canaries only get their slice).
 
         The task type's default model comes first, then the others in registry order.
@@ -141,7 +146,9 @@ class Registry(BaseModel):
         name = model or policy.default_model
         spec = self.models.get(name)
         if spec is None or task_type not in spec.task_types:
-            serving = ", ".join(sorted(n for n, m in self.models.items() if task_type in m.task_types))
+            serving = ", ".join(
+                sorted(n for n, m in self.models.items() if task_type in m.task_types)
+            )
             raise UnknownModel(
                 f"model {name!r} does not serve {task_type}; models that do: {serving}"
             )
@@ -160,7 +167,7 @@ def parse_registry(data: dict[str, object], origin: str = "<registry>") -> Regis
     """
     try:
         models = {
-            name: {**spec, "name": name}  # type: ignore[dict-item]
+            name: {**spec, "name": name}
             for name, spec in dict(data.get("models", {})).items()  # type: ignore[call-overload]
         }
         return Registry.model_validate({"models": models, "task_types": data.get("task_types", {})})

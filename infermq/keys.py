@@ -31,10 +31,20 @@ class RedisKeys:
     def cache_entry(self, cache_key: str) -> str:
         return f"{self.prefix}:cache:{cache_key}"
 
-    def cache_index(self, namespace: str) -> str:
-        return f"{self.prefix}:cacheidx:{namespace}"
+    def cache_index(self, task_type: str) -> str:
+        """The LFU index of a task type's cache entries (a sorted set: id -> priority)."""
+        return f"{self.prefix}:cacheidx:{task_type}"
+
+    def cache_expiry(self, task_type: str) -> str:
+        """When each cache entry of a task type expires (a sorted set: id -> unix seconds)."""
+        return f"{self.prefix}:cacheexp:{task_type}"
+
+    def cache_lfu_floor(self, task_type: str) -> str:
+        """The LFU-with-aging floor: the score of the last entry evicted."""
+        return f"{self.prefix}:cachefloor:{task_type}"
 
     def cache_band(self, namespace: str, band: int, band_hash: str) -> str:
+        """The entries of a namespace whose SimHash agrees on one band."""
         return f"{self.prefix}:cacheband:{namespace}:{band}:{band_hash}"
 
     def cache_stats(self) -> str:

@@ -6,24 +6,21 @@ hot tier's side effect of a state change (SLEEP drops the Redis copy, ACTIVE res
 inside that UPDATE's transaction, while PostgreSQL holds the row lock, so Redis follows the
 states in the order PostgreSQL committed them.
 
-Ordering: ``assign_sequence`` numbers a session's jobs at submit (``next_seq``); the job with
-seq n runs when ``done_seq == n`` (``wait_for_turn``), and its turn is appended with
-``done_seq := n + 1`` in the job's commit transaction, so jobs of one session run one at a time
-in submission order whatever their priorities, and a redelivered job cannot apply its turn
-twice.
+Ordering lives in ``infermq.session_turns`` (the turn gate); ``append_turn`` here is its last
+step: the context written with ``done_seq := seq + 1``, once per seq, so a redelivered job
+cannot apply its turn twice. The sweep lives in ``infermq.session_sweep``.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import redis
-from sqlalchemy import Connection, Engine, func, literal, select, tuple_, update
+from sqlalchemy import Connection, Engine, func, literal, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -33,7 +30,6 @@ from infermq.errors import (
     SessionNotFound,
     SessionTerminated,
 )
-from infermq.jobs import FINAL_STATUSES
 from infermq.keys import RedisKeys
 from infermq.redis_context import RedisContextTier
 from infermq.sessions import (
@@ -41,16 +37,14 @@ from infermq.sessions import (
     SessionContext,
     SessionState,
     TurnDecision,
-    check_sweep_timeouts,
     check_transition,
     decode_context,
     encode_context,
     next_state,
-    sweep_target,
     turn_decision,
 )
 from infermq.settings import Settings
-from infermq.tables import jobs, sessions
+from infermq.tables import sessions
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +78,8 @@ class SessionRecord:
         return cls(**values)
 
 
-@dataclass(frozen=True)
-class SweepReport:
-    slept: int
-    terminated: int
-    pruned_index_entries: int
-
-
 class SessionStore:
-    """Creates sessions, moves them between states, orders their jobs, stores their context."""
+    """Creates sessions, moves them between states, stores their context (PostgreSQL + Redis)."""
 
     def __init__(
         self,
@@ -143,9 +130,7 @@ class SessionStore:
             SessionNotFound: no session has this id.
         """
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(*_RECORD_COLUMNS).where(sessions.c.id == session_id)
-            ).first()
+            row = conn.execute(select(*_RECORD_COLUMNS).where(sessions.c.id == session_id)).first()
         if row is None:
             raise SessionNotFound(f"no session {session_id!r}: create it with client.session()")
         return SessionRecord.from_row(row)
@@ -239,100 +224,6 @@ class SessionStore:
                 self.redis_tier.write_encoded(record.id, row.turns, row.context_zlib)
         return SessionRecord.from_row(row)
 
-    # -- ordering ---------------------------------------------------------------------------
-
-    def assign_sequence(self, conn: Connection, session_id: str) -> int:
-        """The next sequence number of the session's jobs (0, 1, 2, ...), taken at submit.
-
-        Call it in the transaction that inserts the job row (and store the number in
-        ``jobs.session_seq``), so a number is never handed out without its job.
-
-        Raises:
-            SessionTerminated: the session ended; refuse the job.
-            SessionNotFound: no session has this id.
-        """
-        row = conn.execute(
-            update(sessions)
-            .where(
-                sessions.c.id == session_id,
-                sessions.c.state != SessionState.TERMINATED.value,
-            )
-            .values(next_seq=sessions.c.next_seq + 1)
-            .returning(sessions.c.next_seq)
-        ).first()
-        if row is None:
-            exists = conn.execute(select(sessions.c.id).where(sessions.c.id == session_id))
-            if exists.first() is None:
-                raise SessionNotFound(f"no session {session_id!r}: create it first")
-            raise self._terminated(session_id)
-        return int(row.next_seq) - 1
-
-    def wait_for_turn(
-        self, session_id: str, seq: int, wait_s: float, *, poll_s: float = 1.0
-    ) -> TurnDecision:
-        """Blocks until the job with ``seq`` may run, for at most ``wait_s``.
-
-        Waits on the session's Redis stream of finished turns (no polling loop), re-reading
-        ``done_seq`` from PostgreSQL at least every ``poll_s`` in case a notification was
-        lost (a Redis flush). A predecessor job that ended without a turn (failed, dead,
-        cancelled) is skipped here, so it cannot stall the session. ``WAIT`` means the bound
-        passed: release the task slot and requeue the job rather than hold it.
-
-        Raises:
-            SessionNotFound: no session has this id.
-        """
-        deadline = time.monotonic() + wait_s
-        stream = self.keys.session_turns(session_id)
-        while True:
-            last_event_id = self._last_turn_event_id(stream)
-            done_seq = self.get(session_id).done_seq
-            decision = turn_decision(done_seq, seq)
-            if decision == TurnDecision.WAIT and self._skip_ended_job(session_id, done_seq):
-                continue
-            remaining_s = deadline - time.monotonic()
-            if decision != TurnDecision.WAIT or remaining_s <= 0:
-                return decision
-            block_ms = max(1, int(min(remaining_s, poll_s) * 1000))
-            try:
-                self.redis.xread({stream: last_event_id}, count=1, block=block_ms)
-            except redis.RedisError as e:
-                log.warning("waiting on %s failed (%s); polling PostgreSQL instead", stream, e)
-                time.sleep(block_ms / 1000)
-
-    def _last_turn_event_id(self, stream: str) -> bytes | str:
-        try:
-            last = self.redis.xrevrange(stream, count=1)
-        except redis.RedisError:
-            return "0-0"
-        event_id = last[0][0] if last else None
-        return event_id if event_id is not None else "0-0"
-
-    def _skip_ended_job(self, session_id: str, seq: int) -> bool:
-        with self.engine.begin() as conn:
-            status = conn.execute(
-                select(jobs.c.status).where(
-                    jobs.c.session_id == session_id, jobs.c.session_seq == seq
-                )
-            ).scalar()
-            skipped = status in FINAL_STATUSES and self.skip_turn(conn, session_id, seq)
-        if skipped:
-            self.publish_turn(session_id)
-        return skipped
-
-    def skip_turn(self, conn: Connection, session_id: str, seq: int) -> bool:
-        """Lets the session's next job run after job ``seq`` ended without a turn.
-
-        Call it in the transaction that marks the job failed, dead or cancelled, then
-        ``publish_turn(session_id)`` after the commit. Returns False if ``seq`` is not the
-        session's current turn (already skipped or applied).
-        """
-        result = conn.execute(
-            update(sessions)
-            .where(sessions.c.id == session_id, sessions.c.done_seq == seq)
-            .values(done_seq=seq + 1, updated_at=func.now())
-        )
-        return result.rowcount == 1
-
     # -- context ----------------------------------------------------------------------------
 
     def load_context(self, session_id: str, turns: int) -> tuple[SessionContext, ContextTier]:
@@ -349,9 +240,7 @@ class SessionStore:
             return cached, ContextTier.REDIS
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(sessions.c.context_zlib, sessions.c.turns).where(
-                    sessions.c.id == session_id
-                )
+                select(sessions.c.context_zlib, sessions.c.turns).where(sessions.c.id == session_id)
             ).first()
         if row is None:
             raise SessionNotFound(f"no session {session_id!r}")
@@ -369,27 +258,46 @@ class SessionStore:
         model: str,
         job_id: str | None = None,
     ) -> bool:
-        """Writes the context after job ``seq``'s turn and lets job ``seq + 1`` run.
+        """Writes the context after job ``seq``'s turn (PostgreSQL and Redis); job seq+1 may run.
 
         Call it in the job's commit transaction (job row, turn and webhook outbox together),
         so a kill -9 either loses the whole job (it is redelivered) or none of its turn; then
-        ``publish_turn(session_id, context)`` after the commit. ``context`` is the loaded
-        context ``with_turn(...)``. Returns False when this turn was already applied (a
-        redelivered job): write nothing more for it.
+        ``TurnGate.notify_turn_done(session_id)`` after the commit. ``context`` is the loaded
+        context ``.with_turn(...)``. The session becomes ACTIVE (a turn is use) unless it was
+        terminated meanwhile. Returns False when this turn was already applied (a redelivered
+        job): write nothing more for it.
 
         Raises:
             SessionConflict: the job did not hold the turn, or its context was stale.
             SessionContextError: the context is not plain JSON.
+            SessionNotFound: no session has this id.
         """
-        entry = {"seq": seq, "turn": context.turns, "model": model, "job_id": job_id}
-        row = conn.execute(
-            update(sessions)
-            .where(
-                sessions.c.id == session_id,
-                sessions.c.done_seq == seq,
-                sessions.c.turns == context.turns - 1,
+        current = conn.execute(
+            select(sessions.c.state, sessions.c.done_seq, sessions.c.turns)
+            .where(sessions.c.id == session_id)
+            .with_for_update()
+        ).first()
+        if current is None:
+            raise SessionNotFound(f"no session {session_id!r}")
+        decision = turn_decision(current.done_seq, seq)
+        if decision == TurnDecision.ALREADY_DONE:
+            return False
+        if decision == TurnDecision.WAIT or current.turns != context.turns - 1:
+            raise SessionConflict(
+                f"session {session_id}: job seq {seq} appended a turn built on "
+                f"{context.turns - 1} turns, but the session is at done_seq {current.done_seq} "
+                f"with {current.turns} turns; wait_for_turn must return RUN and the context be "
+                "loaded after it"
             )
+        state = SessionState(current.state)
+        if state != SessionState.TERMINATED:
+            state = next_state(state, SessionState.ACTIVE) or SessionState.ACTIVE
+        entry = {"seq": seq, "turn": context.turns, "model": model, "job_id": job_id}
+        conn.execute(
+            update(sessions)
+            .where(sessions.c.id == session_id)
             .values(
+                state=state.value,
                 context_zlib=encode_context(context),
                 turns=context.turns,
                 done_seq=seq + 1,
@@ -398,120 +306,15 @@ class SessionStore:
                 last_active_at=func.now(),
                 updated_at=func.now(),
             )
-            .returning(sessions.c.id)
-        ).first()
-        if row is not None:
-            return True
-        current = conn.execute(
-            select(sessions.c.done_seq, sessions.c.turns).where(sessions.c.id == session_id)
-        ).first()
-        if current is None:
-            raise SessionNotFound(f"no session {session_id!r}")
-        if current.done_seq > seq:
-            return False
-        raise SessionConflict(
-            f"session {session_id}: job seq {seq} appended a turn built on {context.turns - 1} "
-            f"turns, but the session is at done_seq {current.done_seq} with {current.turns} "
-            "turns; wait_for_turn must return RUN and the context be loaded after it"
         )
-
-    def publish_turn(self, session_id: str, context: SessionContext | None = None) -> None:
-        """After a turn's commit: writes ``context`` through to Redis, wakes the next job.
-
-        Best effort (Redis may be down): PostgreSQL already holds the turn, and a waiting job
-        re-reads PostgreSQL at least every ``poll_s``.
-        """
-        if context is not None:
+        # Written through under the row lock, like a state change's side effect. Should the
+        # commit fail, Redis holds a turn PostgreSQL lacks: readers compare turn counts, so
+        # they fall back to PostgreSQL until the redelivered job overwrites it.
+        if state == SessionState.ACTIVE:
             self.redis_tier.write(session_id, context)
-        stream = self.keys.session_turns(session_id)
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.xadd(stream, {"turn": b"done"}, maxlen=16, approximate=True)
-            pipe.expire(stream, self.redis_tier.ttl_s)
-            pipe.execute()
-        except redis.RedisError as e:
-            log.warning("notifying %s failed: %s", stream, e)
-
-    # -- sweep ------------------------------------------------------------------------------
-
-    def sweep(
-        self,
-        now: datetime,
-        idle_sleep_after_s: float,
-        terminate_after_s: float,
-        *,
-        batch_size: int = 1000,
-    ) -> SweepReport:
-        """Terminates expired sessions, puts idle ACTIVE ones to sleep, prunes Redis's index.
-
-        The clock is a parameter: the sweep never reads the time itself. A session used
-        between the read and the write keeps its new version and is left alone.
-
-        Raises:
-            ConfigError: ``terminate_after_s`` is not longer than ``idle_sleep_after_s``.
-        """
-        check_sweep_timeouts(idle_sleep_after_s, terminate_after_s)
-        live = [SessionState.INIT.value, SessionState.ACTIVE.value, SessionState.SLEEP.value]
-        terminate_cutoff = now - timedelta(seconds=terminate_after_s)
-        sleep_cutoff = now - timedelta(seconds=idle_sleep_after_s)
-        counts = {SessionState.TERMINATED: 0, SessionState.SLEEP: 0}
-        for states, cutoff in (
-            (live, terminate_cutoff),
-            ([SessionState.ACTIVE.value], sleep_cutoff),
-        ):
-            after: tuple[datetime, str] | None = None
-            while True:
-                query = (
-                    select(
-                        sessions.c.id,
-                        sessions.c.state,
-                        sessions.c.version,
-                        sessions.c.last_active_at,
-                    )
-                    .where(sessions.c.state.in_(states), sessions.c.last_active_at <= cutoff)
-                    .order_by(sessions.c.last_active_at, sessions.c.id)
-                    .limit(batch_size)
-                )
-                if after is not None:
-                    query = query.where(
-                        tuple_(sessions.c.last_active_at, sessions.c.id) > tuple_(*after)
-                    )
-                with self.engine.connect() as conn:
-                    rows = conn.execute(query).all()
-                if not rows:
-                    break
-                after = (rows[-1].last_active_at, rows[-1].id)
-                by_target: dict[SessionState, list[tuple[str, int]]] = {}
-                for row in rows:
-                    target = sweep_target(
-                        SessionState(row.state),
-                        row.last_active_at,
-                        now,
-                        idle_sleep_after_s,
-                        terminate_after_s,
-                    )
-                    if target is not None:
-                        by_target.setdefault(target, []).append((row.id, row.version))
-                for target, id_versions in by_target.items():
-                    counts[target] += self._write_states(target, id_versions)
-        return SweepReport(
-            slept=counts[SessionState.SLEEP],
-            terminated=counts[SessionState.TERMINATED],
-            pruned_index_entries=self.redis_tier.prune_index(),
-        )
-
-    def _write_states(self, target: SessionState, id_versions: list[tuple[str, int]]) -> int:
-        """One optimistic write for many sessions; those changed meanwhile are skipped."""
-        with self.engine.begin() as conn:
-            written = conn.execute(
-                update(sessions)
-                .where(tuple_(sessions.c.id, sessions.c.version).in_(id_versions))
-                .values(state=target.value, version=sessions.c.version + 1, updated_at=func.now())
-                .returning(sessions.c.id)
-            ).scalars().all()
-            # Inside the transaction for the same reason as in _write_state.
-            self.redis_tier.drop(*written)
-        return len(written)
+        else:
+            self.redis_tier.drop(session_id)
+        return True
 
     # -- errors -----------------------------------------------------------------------------
 
@@ -527,17 +330,3 @@ class SessionStore:
             f"session {session_id} changed {MAX_TRANSITION_ATTEMPTS} times while moving it to "
             f"{target}; retry later"
         )
-
-
-def sweep_sessions(
-    engine: Engine,
-    redis_client: redis.Redis,
-    keys: RedisKeys,
-    now: datetime,
-    idle_sleep_after_s: float,
-    terminate_after_s: float,
-) -> SweepReport:
-    """The periodic sweep (Celery beat): see ``SessionStore.sweep``."""
-    store = SessionStore(engine, redis_client, keys)
-    return store.sweep(now, idle_sleep_after_s, terminate_after_s)
-

@@ -7,15 +7,13 @@ the turn gate decides from sequence numbers. ``infermq.session_store`` does the 
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Final
+from typing import Final, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from infermq.errors import ConfigError, InvalidTransition, SessionContextError
 from infermq.jobs import ChatMessage
@@ -138,20 +136,23 @@ def turn_decision(done_seq: int, seq: int) -> TurnDecision:
     return TurnDecision.ALREADY_DONE
 
 
-@dataclass(frozen=True)
-class SessionContext:
+class SessionContext(BaseModel):
     """What a session carries from one job to the next: the chat so far plus engine state.
 
     ``turns`` is the number of turns applied; every tier stores it with the context, so a
-    reader can tell a stale copy (a tier missed a write) from the current one.
+    reader can tell a stale copy (a tier missed a write) from the current one. JSON only:
+    ``engine_state`` refuses anything that is not a JSON value (never pickled).
     """
 
-    turns: int = 0
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: Literal[1] = CONTEXT_FORMAT_VERSION
+    turns: int = Field(default=0, ge=0)
     messages: tuple[ChatMessage, ...] = ()
-    engine_state: Mapping[str, Any] | None = field(default=None, compare=True)
+    engine_state: dict[str, JsonValue] | None = None
 
     def with_turn(
-        self, messages: Iterable[ChatMessage], engine_state: Mapping[str, Any] | None = None
+        self, messages: Iterable[ChatMessage], engine_state: dict[str, JsonValue] | None = None
     ) -> SessionContext:
         """The context after one more turn: its messages appended, engine state replaced."""
         return SessionContext(
@@ -162,25 +163,8 @@ class SessionContext:
 
 
 def encode_context(context: SessionContext) -> bytes:
-    """The context as zlib-compressed JSON, the one format of the Redis and PostgreSQL tiers.
-
-    Raises:
-        SessionContextError: the engine state is not plain JSON (never pickled).
-    """
-    document = {
-        "v": CONTEXT_FORMAT_VERSION,
-        "turns": context.turns,
-        "messages": [[m.role, m.content] for m in context.messages],
-        "engine_state": context.engine_state,
-    }
-    try:
-        raw = json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise SessionContextError(
-            f"session context is not plain JSON ({e}): keep only str, numbers, bools, None, "
-            "lists and dicts in engine_state"
-        ) from e
-    return zlib.compress(raw.encode(), CONTEXT_ZLIB_LEVEL)
+    """The context as zlib-compressed JSON, the one format of the Redis and PostgreSQL tiers."""
+    return zlib.compress(context.model_dump_json().encode(), CONTEXT_ZLIB_LEVEL)
 
 
 def decode_context(blob: bytes) -> SessionContext:
@@ -190,18 +174,8 @@ def decode_context(blob: bytes) -> SessionContext:
         SessionContextError: the bytes are not a context of a known format version.
     """
     try:
-        document = json.loads(zlib.decompress(blob))
-        if document.get("v") != CONTEXT_FORMAT_VERSION:
-            raise ValueError(f"unknown context format version {document.get('v')!r}")
-        messages = tuple(
-            ChatMessage(role=role, content=content) for role, content in document["messages"]
-        )
-        return SessionContext(
-            turns=int(document["turns"]),
-            messages=messages,
-            engine_state=document["engine_state"],
-        )
-    except (zlib.error, ValueError, KeyError, TypeError, ValidationError) as e:
+        return SessionContext.model_validate_json(zlib.decompress(blob))
+    except (zlib.error, ValidationError) as e:
         raise SessionContextError(
             f"a stored session context cannot be decoded ({e}); the PostgreSQL copy is the "
             "reference: drop the Redis key to fall back to it"

@@ -26,10 +26,6 @@ from infermq.settings import Settings
 from routing.topology import QueueSpec, Topology
 
 
-class _ConfirmTimeout(Exception):
-    """Raised inside pika's loop when the confirm did not come in time."""
-
-
 def celery_task_message(task: str, task_id: str, kwargs: dict[str, Any]) -> tuple[bytes, dict]:
     """Body and headers of a Celery protocol 2 message that calls ``task(**kwargs)``."""
     body = json.dumps(
@@ -132,8 +128,18 @@ class ConfirmedPublisher:
             headers=headers,
         )
         current = self._channel()
-        timer = current.connection.call_later(
-            self._settings.publish_confirm_timeout_s, self._raise_confirm_timeout
+        timed_out = threading.Event()
+
+        def abort_unconfirmed() -> None:
+            timed_out.set()
+            current.connection._impl._terminate_stream(
+                pika.exceptions.StreamLostError("no publisher confirm in time")
+            )
+
+        # BlockingConnection.call_later timers do not fire while basic_publish waits for the
+        # confirm; the underlying ioloop's timers do, and dropping the stream ends the wait.
+        timer = current.connection._impl.ioloop.call_later(
+            self._settings.publish_confirm_timeout_s, abort_unconfirmed
         )
         try:
             current.channel.basic_publish(
@@ -155,26 +161,20 @@ class ConfirmedPublisher:
                     "start more workers (`infermq worker`)"
                 ) from e
             raise QueueUnavailable(f"RabbitMQ refused job {task_id} on {queue.name}") from e
-        except _ConfirmTimeout as e:
-            self._discard(current)
-            raise QueueUnavailable(
-                f"RabbitMQ at {self._broker_address()} did not confirm job {task_id} within "
-                f"{self._settings.publish_confirm_timeout_s} s; it may be overloaded or "
-                "unreachable"
-            ) from e
         except (pika.exceptions.AMQPError, OSError) as e:
             self._discard(current)
+            if timed_out.is_set():
+                raise QueueUnavailable(
+                    f"RabbitMQ at {self._broker_address()} did not confirm job {task_id} within "
+                    f"{self._settings.publish_confirm_timeout_s} s; it may be overloaded or "
+                    "unreachable; the job was not queued, submit it again"
+                ) from e
             raise QueueUnavailable(
                 f"lost the connection to RabbitMQ at {self._broker_address()} while publishing "
                 f"job {task_id} ({e!r}); the job was not queued, submit it again"
             ) from e
         finally:
-            with contextlib.suppress(Exception):
-                current.connection.remove_timeout(timer)
-
-    @staticmethod
-    def _raise_confirm_timeout() -> None:
-        raise _ConfirmTimeout()
+            current.connection._impl.ioloop.remove_timeout(timer)
 
     def _is_full(self, queue: QueueSpec) -> bool:
         limit = queue.arguments.get("x-max-length")

@@ -110,3 +110,27 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def take_dead_letters(settings: Settings, count: int, timeout_s: float = 120) -> list[dict]:
+    """Waits for ``count`` messages on the dead-letter queue and takes them; returns their
+    headers. Fails the test if fewer arrive within ``timeout_s``."""
+    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+    taken: list[dict] = []
+    try:
+        channel = connection.channel()
+        dead = QueueNames(settings.namespace).dead
+        channel.queue_declare(dead, durable=True, arguments={"x-queue-type": "classic"})
+        for method, properties, _body in channel.consume(dead, inactivity_timeout=timeout_s):
+            if method is None:
+                break
+            channel.basic_ack(method.delivery_tag)
+            taken.append(dict(properties.headers or {}))
+            if len(taken) == count:
+                break
+        channel.cancel()
+    finally:
+        with contextlib.suppress(Exception):
+            connection.close()
+    assert len(taken) == count, f"{len(taken)} dead letters within {timeout_s} s, not {count}"
+    return taken

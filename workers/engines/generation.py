@@ -1,0 +1,164 @@
+"""Batched autoregressive decoding with a KV cache: the loop behind the torch engine's generate.
+
+Prompts are left-padded into one batch so every row's next token sits in the last column; one
+forward pass per step serves every row. Each row keeps its own ``max_new_tokens``, sampling
+parameters, seed and deadline, so requests with different parameters share a batch (the
+sampler works per row). A row stops on an end-of-sequence token, at its ``max_new_tokens`` or
+at its deadline; once a quarter of the rows in the batch have stopped, their rows are dropped
+from the cache so the rest do not pay for them.
+
+Streaming is iteration-level: after every step each row with an ``on_token`` callback gets the
+text its new token completed (held back while it ends in a partial UTF-8 character), and the
+row's final text is the concatenation of what it streamed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+SAMPLING_FLOOR_TEMPERATURE = 1e-5
+COMPACT_FRACTION = 0.25
+"""Drop stopped rows from the cache once this share of the batch has stopped: copying the
+cache every step would cost as much as the attention it saves."""
+
+
+@dataclass
+class GenerationRow:
+    """One prompt being decoded, and what it has produced so far."""
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    on_token: Callable[[str], None] | None = None
+    deadline_monotonic: float | None = None
+    new_ids: list[int] = field(default_factory=list)
+    finished: bool = False
+    timed_out: bool = False
+    streamed: list[str] = field(default_factory=list)
+    _prefix_offset: int = 0
+    _read_offset: int = 0
+
+    def stream_piece(self, tokenizer: Any, final: bool) -> str:
+        """The text completed since the last piece (the vLLM/TGI incremental detokenizer)."""
+        ids = self.new_ids
+        prefix_text = tokenizer.decode(ids[self._prefix_offset:self._read_offset],
+                                       skip_special_tokens=True)
+        new_text = tokenizer.decode(ids[self._prefix_offset:], skip_special_tokens=True)
+        if len(new_text) > len(prefix_text) and (final or not new_text.endswith("\ufffd")):
+            self._prefix_offset, self._read_offset = self._read_offset, len(ids)
+            piece = new_text[len(prefix_text):]
+            self.streamed.append(piece)
+            return piece
+        return ""
+
+
+def sample_next_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+                       generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+    """Next token per row: greedy where the row's temperature is 0, else top-p sampling.
+
+    A row with its own generator (a seeded request) draws from it, so its output does not
+    depend on what else shares the batch.
+    """
+    greedy = logits.argmax(dim=-1)
+    sampled_rows = temperature > 0
+    if not bool(sampled_rows.any()):
+        return greedy
+    scaled = logits.float() / temperature.clamp(min=SAMPLING_FLOOR_TEMPERATURE).unsqueeze(-1)
+    probs = torch.softmax(scaled, dim=-1)
+    sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True)
+    # Keep the smallest prefix whose mass reaches top_p; the most likely token always stays.
+    outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p.unsqueeze(-1)
+    sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+    choice = torch.multinomial(sorted_probs, 1)
+    for row, generator in enumerate(generators):
+        if generator is not None:
+            choice[row] = torch.multinomial(sorted_probs[row], 1, generator=generator)
+    sampled = sorted_ids.gather(-1, choice).squeeze(-1)
+    return torch.where(sampled_rows, sampled, greedy)
+
+
+@torch.inference_mode()
+def generate_rows(model: Any, tokenizer: Any, rows: list[GenerationRow], device: torch.device,
+                  eos_ids: set[int], pad_id: int,
+                  on_step: Callable[[int], None] | None = None) -> None:
+    """Decodes every row to its end, filling ``new_ids``, ``finished`` and ``timed_out``."""
+    from transformers import DynamicCache
+
+    if not rows:
+        return
+    longest = max(len(row.prompt_ids) for row in rows)
+    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, longest - len(row.prompt_ids):] = torch.tensor(row.prompt_ids)
+        attention_mask[i, longest - len(row.prompt_ids):] = 1
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    temperature = torch.tensor([row.temperature for row in rows], device=device)
+    top_p = torch.tensor([row.top_p for row in rows], device=device)
+    generators: list[torch.Generator | None] = []
+    for row in rows:
+        generator = None
+        if row.seed is not None and row.temperature > 0:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(row.seed)
+        generators.append(generator)
+
+    cache = DynamicCache(config=model.config)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+    active = list(range(len(rows)))
+    next_position = position_ids[:, -1] + 1
+    step = 0
+    while True:
+        next_ids = sample_next_tokens(logits, temperature, top_p,
+                                      [generators[i] for i in active])
+        now = time.monotonic()
+        for token, index in zip(next_ids.tolist(), active, strict=True):
+            row = rows[index]
+            if row.finished:
+                continue
+            if token in eos_ids:
+                row.finished = True
+            else:
+                row.new_ids.append(token)
+                row.finished = len(row.new_ids) >= row.max_new_tokens
+            if row.deadline_monotonic is not None and now >= row.deadline_monotonic:
+                row.finished = row.timed_out = True
+            if row.on_token is not None and not row.timed_out:
+                piece = row.stream_piece(tokenizer, final=row.finished)
+                if piece:
+                    row.on_token(piece)
+        if on_step is not None:
+            on_step(step)
+        step += 1
+        still = [j for j, index in enumerate(active) if not rows[index].finished]
+        if not still:
+            return
+        if len(active) - len(still) >= max(1, int(COMPACT_FRACTION * len(active))):
+            keep = torch.tensor(still, device=device)
+            cache.batch_select_indices(keep)
+            attention_mask, next_ids = attention_mask[keep], next_ids[keep]
+            next_position, temperature, top_p = (
+                next_position[keep], temperature[keep], top_p[keep])
+            active = [active[j] for j in still]
+        attention_mask = torch.cat(
+            [attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], dim=-1)
+        logits = model(input_ids=next_ids.unsqueeze(-1), attention_mask=attention_mask,
+                       position_ids=next_position.unsqueeze(-1), past_key_values=cache,
+                       use_cache=True).logits[:, -1, :]
+        next_position = next_position + 1
+
+
+def final_text(row: GenerationRow, tokenizer: Any) -> str:
+    """The row's output: what it streamed when it streamed, else its decoded tokens."""
+    if row.on_token is not None:
+        return "".join(row.streamed)
+    return str(tokenizer.decode(row.new_ids, skip_special_tokens=True))

@@ -24,7 +24,7 @@ migrate: services
 	$(BIN)/infermq migrate
 
 prepare: install
-	$(BIN)/infermq prepare
+	$(BIN)/infermq prepare --models minilm,smollm2
 
 demo: migrate prepare
 	$(BIN)/infermq demo

@@ -215,19 +215,19 @@ def flower(
     if basic_auth:
         argv.append(f"--basic-auth={basic_auth}")
     celery_app = create_app(get_settings())
-    celery_app.start(["celery", *argv])
+    # Celery.start takes the arguments after the program name (``celery``).
+    celery_app.start(argv)
 
 
 @app.command()
 def demo(
     jobs: Annotated[int, typer.Option(help="how many jobs to submit")] = 200,
-    fast: Annotated[bool, typer.Option(help="tiny random models instead of SmolLM2")] = False,
 ) -> None:
     """Start a worker, submit a few hundred mixed jobs, show progress and a results table."""
     from infermq.demo import run_demo
 
     try:
-        run_demo(get_settings(), jobs, fast)
+        run_demo(get_settings(), jobs)
     except InfermqError as e:
         _fail(e)
 

@@ -77,9 +77,40 @@ class Settings(BaseSettings):
         default=1024, ge=1, description="session contexts held in each worker's memory"
     )
 
+    gateway_auth: Literal["auto", "on", "off"] = Field(
+        default="auto", description="API keys at the gateway; auto: off on loopback, else on"
+    )
+    gateway_wait_s: float = Field(
+        default=300.0, gt=0, description="how long an OpenAI-style request waits for its job"
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="accept webhook URLs that resolve to private, loopback or link-local hosts",
+    )
+    webhook_default_secret: str = Field(
+        default="infermq-dev-webhook-secret", min_length=8,
+        description="signs webhooks of jobs without a tenant (set it in production)",
+    )
+    webhook_timeout_s: float = Field(default=5.0, gt=0, description="one delivery attempt")
+    webhook_max_attempts: int = Field(default=8, ge=1, le=30)
+    webhook_backoff_base_s: float = Field(default=2.0, gt=0)
+    webhook_backoff_max_s: float = Field(default=300.0, gt=0)
+    webhook_retry_for_s: float = Field(
+        default=3600.0, gt=0, description="after this long past the job's end, stop retrying"
+    )
+
     test_hooks: bool = Field(
         default=False, description="enables the gates of the test engine; never in production"
     )
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as ``INFERMQ_*`` variables, to start a child process with them."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                text = str(value).lower() if isinstance(value, bool) else str(value)
+                env[f"INFERMQ_{name.upper()}"] = text
+        return env
 
 
 @lru_cache(maxsize=1)

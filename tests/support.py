@@ -61,10 +61,7 @@ TEST_REGISTRY = Path(__file__).parent / "data" / "registry_test.toml"
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a child process exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERMQ_")}
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"INFERMQ_{name.upper()}"] = str(value).lower() if isinstance(value, bool) \
-                else str(value)
+    env.update(settings.as_env())
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

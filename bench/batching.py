@@ -18,7 +18,11 @@ Here, on the CPU (MiniLM and the tiny GPT-2, one thread)::
 
 On a GPU (MiniLM-shaped encoder and a GPT-2-medium-sized model, fp16)::
 
-    python bench/batching.py --preset gpu
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python bench/batching.py --preset gpu
+
+Each row also says how the engine's time was spent: batches, mean inputs per batch, mean
+seconds per engine call, and the share of the wall time the engine was busy (for (b): what the
+batcher leaves idle between batches is the rest).
 
 Imports torch, transformers, numpy, matplotlib and infermq's portable engine core only.
 """
@@ -38,7 +42,7 @@ import torch
 
 from infermq.jobs import GenerationParams, TaskType
 from routing.registry import ModelSpec
-from workers.batching import Batcher
+from workers.batching import Batcher, BatcherHooks
 from workers.engines.base import EngineOutput, EngineRequest
 from workers.engines.torch_engine import TorchEngine
 
@@ -49,8 +53,8 @@ PRESETS: dict[str, dict[str, object]] = {
                 max_new_tokens=16, embed_sizes="16,32,64,128", gen_sizes="4,8,16,32"),
     "gpu": dict(embed_source="random:minilm-l6", gen_source="random:gpt2-medium",
                 dtype="float16", threads=0, embed_batch=2048, embed_inputs_per_job=32,
-                embed_jobs=2560, embed_single=300, gen_batch=256, gen_jobs=1024, gen_single=4,
-                max_new_tokens=64, embed_sizes="512,1024,2048,4096", gen_sizes="64,128,256"),
+                embed_jobs=2560, embed_single=300, gen_batch=256, gen_jobs=2048, gen_single=4,
+                max_new_tokens=64, embed_sizes="512,1024,2048,4096", gen_sizes="128,256"),
 }
 
 TOPICS = ["the weather", "a football match", "interest rates", "a recipe for soup",
@@ -65,6 +69,8 @@ class Row:
     inputs: int
     tokens: int
     seconds: float
+    batches: int = 0
+    engine_s: float = 0.0
 
     @property
     def jobs_per_s(self) -> float:
@@ -95,24 +101,49 @@ def generate_request(job: int, max_new_tokens: int) -> EngineRequest:
                          params=GenerationParams(max_new_tokens=max_new_tokens))
 
 
-def timed(task: str, mode: str, run: Callable[[], list[tuple[EngineRequest, EngineOutput]]]
-          ) -> Row:
+class EngineClock(BatcherHooks):
+    """Counts engine calls and the time spent in them (the batcher's hooks, or by hand)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.busy_s = 0.0
+        self._started = 0.0
+
+    def before_batch(self, batch: Sequence[EngineRequest]) -> None:
+        self._started = time.perf_counter()
+
+    def after_batch(self, batch: Sequence[EngineRequest], outputs: Sequence[EngineOutput]) -> None:
+        self.calls += 1
+        self.busy_s += time.perf_counter() - self._started
+
+
+def timed(task: str, mode: str,
+          run: Callable[[EngineClock], list[tuple[EngineRequest, EngineOutput]]]) -> Row:
+    clock = EngineClock()
     start = time.perf_counter()
-    done = run()
+    done = run(clock)
     seconds = time.perf_counter() - start
     return Row(task, mode, len(done), sum(r.input_count for r, _ in done),
-               sum(o.tokens for _, o in done), seconds)
+               sum(o.tokens for _, o in done), seconds, clock.calls, clock.busy_s)
 
 
-def one_at_a_time(engine: TorchEngine, requests: Sequence[EngineRequest]
+def run_clocked(engine: TorchEngine, batch: list[EngineRequest], clock: EngineClock
+                ) -> list[EngineOutput]:
+    clock.before_batch(batch)
+    outputs = engine.run_batch(batch)
+    clock.after_batch(batch, outputs)
+    return outputs
+
+
+def one_at_a_time(engine: TorchEngine, requests: Sequence[EngineRequest], clock: EngineClock
                   ) -> list[tuple[EngineRequest, EngineOutput]]:
-    return [(r, engine.run_batch([r])[0]) for r in requests]
+    return [(r, run_clocked(engine, [r], clock)[0]) for r in requests]
 
 
 def through_batcher(engine: TorchEngine, requests: Sequence[EngineRequest], batch_inputs: int,
-                    max_wait_ms: float, submitters: int
+                    max_wait_ms: float, submitters: int, clock: EngineClock
                     ) -> list[tuple[EngineRequest, EngineOutput]]:
-    batcher = Batcher(engine, max_batch_size=batch_inputs, max_wait_ms=max_wait_ms)
+    batcher = Batcher(engine, max_batch_size=batch_inputs, max_wait_ms=max_wait_ms, hooks=clock)
     batcher.start()
     queue = iter(requests)
     lock = threading.Lock()
@@ -140,14 +171,14 @@ def through_batcher(engine: TorchEngine, requests: Sequence[EngineRequest], batc
     return done
 
 
-def offline(engine: TorchEngine, requests: Sequence[EngineRequest], batch_inputs: int
-            ) -> list[tuple[EngineRequest, EngineOutput]]:
+def offline(engine: TorchEngine, requests: Sequence[EngineRequest], batch_inputs: int,
+            clock: EngineClock) -> list[tuple[EngineRequest, EngineOutput]]:
     per_job = requests[0].input_count
     jobs_per_batch = max(1, batch_inputs // per_job)
     done: list[tuple[EngineRequest, EngineOutput]] = []
     for start in range(0, len(requests), jobs_per_batch):
         batch = list(requests[start:start + jobs_per_batch])
-        done.extend(zip(batch, engine.run_batch(batch), strict=True))
+        done.extend(zip(batch, run_clocked(engine, batch, clock), strict=True))
     return done
 
 
@@ -155,14 +186,18 @@ def measure(task: str, engine: TorchEngine, make: Callable[[int, int], EngineReq
             per_job: int, jobs: int, single: int, batch_inputs: int, sizes: list[int],
             max_wait_ms: float, submitters: int) -> list[Row]:
     engine.warm_up()
+    print(f"{task}: {engine.spec.source} on {engine.device} {engine.dtype}, "
+          f"{engine.memory_mib} MiB, batch {batch_inputs} inputs, {per_job} inputs/job, "
+          f"{submitters} submitters, fixed shapes: {engine.static_shapes}")
     engine.run_batch([make(i, per_job) for i in range(max(1, batch_inputs // per_job))])
-    rows = [timed(task, "(a) one at a time", lambda: one_at_a_time(
-        engine, [make(i, 1) for i in range(single)]))]
-    workload = [make(i, per_job) for i in range(jobs)]
-    rows.append(timed(task, "(b) batcher", lambda: through_batcher(
-        engine, workload, batch_inputs, max_wait_ms, submitters)))
-    limits = [timed(task, f"(c) offline @{size}", lambda size=size: offline(  # type: ignore[misc]
-        engine, workload, size)) for size in sizes]
+    rows = [timed(task, "(a) one at a time", lambda clock: one_at_a_time(
+        engine, [make(i, 1) for i in range(single)], clock))]
+    rows.append(timed(task, "(b) batcher", lambda clock: through_batcher(
+        engine, [make(i, per_job) for i in range(jobs)], batch_inputs, max_wait_ms, submitters,
+        clock)))
+    # Fresh requests: offline, the engine tokenizes inline (nobody prepared them ahead).
+    limits = [timed(task, f"(c) offline @{size}", lambda clock, size=size: offline(  # type: ignore[misc]
+        engine, [make(i, per_job) for i in range(jobs)], size, clock)) for size in sizes]
     for limit in limits:
         print(f"  {task} offline batch {limit.mode.split('@')[1]:>5} inputs: "
               f"{limit.inputs_per_s:10.1f} inputs/s {limit.tokens_per_s:10.1f} tokens/s")
@@ -172,10 +207,14 @@ def measure(task: str, engine: TorchEngine, make: Callable[[int, int], EngineReq
 
 def print_table(rows: list[Row]) -> None:
     print(f"\n{'task':9} {'mode':22} {'jobs':>6} {'inputs':>7} {'s':>7} {'jobs/s':>10} "
-          f"{'inputs/s':>10} {'tokens/s':>11}")
+          f"{'inputs/s':>10} {'tokens/s':>11} {'calls':>6} {'in/call':>8} {'s/call':>7} "
+          f"{'busy':>5}")
     for row in rows:
+        calls = max(1, row.batches)
         print(f"{row.task:9} {row.mode:22} {row.jobs:6d} {row.inputs:7d} {row.seconds:7.2f} "
-              f"{row.jobs_per_s:10.1f} {row.inputs_per_s:10.1f} {row.tokens_per_s:11.1f}")
+              f"{row.jobs_per_s:10.1f} {row.inputs_per_s:10.1f} {row.tokens_per_s:11.1f} "
+              f"{row.batches:6d} {row.inputs / calls:8.1f} {row.engine_s / calls:7.3f} "
+              f"{row.engine_s / row.seconds:5.0%}")
     print("\nratios on tokens/s (inputs/s in brackets):")
     for task, group in itertools.groupby(rows, key=lambda row: row.task):
         a, b, c = list(group)
@@ -229,9 +268,10 @@ def main() -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     def engine_for(task: TaskType, source: str) -> TorchEngine:
+        batch = int(config["embed_batch" if task == TaskType.EMBED else "gen_batch"])
         spec = ModelSpec(name=f"bench-{source.split(':')[1].replace('/', '-')}",
                          task_types=(task,), engine="torch", source=source, revision="bench",
-                         memory_mib=0)
+                         memory_mib=0, max_batch_size=batch)
         engine = TorchEngine(spec, args.models_dir, args.device, str(config["dtype"]))
         engine.load()
         return engine
@@ -254,8 +294,6 @@ def main() -> None:
             sizes = config["gen_sizes"]
         device = f"{engine.device} {engine.dtype}"
         submitters = max(1, int(args.submitters * batch / per_job))
-        print(f"{task}: {engine.spec.source} on {device}, {engine.memory_mib} MiB, batch "
-              f"{batch} inputs, {per_job} inputs/job, {submitters} submitters")
         rows += measure(task, engine, make, per_job, int(jobs), int(single),
                         batch, [int(s) for s in str(sizes).split(",")], args.max_wait_ms,
                         submitters)

@@ -232,6 +232,71 @@ def demo(
         _fail(e)
 
 
+@app.command()
+def gateway(
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    fd: Annotated[int | None, typer.Option(help="serve on this inherited listening socket "
+                                           "(socket activation) instead of binding")] = None,
+) -> None:
+    """Serve the HTTP gateway: /v1/jobs, OpenAI-compatible /v1/*, SSE, /metrics, /docs.
+
+    API keys are required unless INFERMQ_GATEWAY_AUTH=off; with the default (auto) they are
+    off on loopback and on for any other address.
+    """
+    import socket
+
+    import uvicorn
+
+    from producer.gateway import create_app
+
+    settings = get_settings()
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    required = settings.gateway_auth == "on" or (settings.gateway_auth == "auto" and not loopback)
+    console.print(f"gateway on http://{host}:{port} (API keys {'required' if required else 'off'})")
+    config = uvicorn.Config(create_app(settings, required), host=host, port=port,
+                            log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    server.run(sockets=[socket.socket(fileno=fd)] if fd is not None else None)
+
+
+keys_app = typer.Typer(help="Create and revoke the gateway's API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Argument(help="who owns the jobs made with this key")],
+    priority: Annotated[int, typer.Option(min=0, max=9, help="highest priority allowed; "
+                                          "also the default")] = 5,
+    rate: Annotated[int, typer.Option(min=1, help="requests per minute")] = 600,
+) -> None:
+    """Create an API key; prints it once (only its hash is stored)."""
+    from infermq.apikeys import create_key
+    from infermq.database import get_engine
+
+    try:
+        created = create_key(get_engine(get_settings()), tenant, priority, rate)
+    except InfermqError as e:
+        _fail(e)
+        return
+    print(json.dumps({"id": created.id, "key": created.secret, "tenant": created.tenant,
+                      "webhook_secret": created.webhook_secret}, indent=2))
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="the key's id, or the key itself")],
+) -> None:
+    """Revoke an API key: requests with it get 401 from then on."""
+    from infermq.apikeys import revoke_key
+    from infermq.database import get_engine
+
+    if not revoke_key(get_engine(get_settings()), key):
+        _fail(InfermqError(f"no active key {key}: check the id (`infermq keys create` prints it)"))
+    console.print("revoked")
+
+
 def main() -> None:
     app()
 

@@ -34,6 +34,11 @@ class UnknownModel(InvalidRequest):
     """Raised when a request names a model that the registry does not list for its task."""
 
 
+class WebhookUrlRefused(InvalidRequest):
+    """Raised when a webhook URL is malformed or resolves to a private, loopback or link-local
+    address that the settings do not allow."""
+
+
 class QueueError(SubmitError):
     """Base of the errors raised when the broker did not take a job."""
 
@@ -120,3 +125,31 @@ class NoEligibleModel(RoutingError):
 
 class InvalidInstanceTransition(RoutingError):
     """Raised when a model instance state change is not one of the allowed edges."""
+
+
+class AccessError(InfermqError):
+    """Base of the errors raised when a caller may not use the gateway as it asked."""
+
+
+class InvalidApiKey(AccessError):
+    """Raised when an API key is missing, unknown or revoked."""
+
+
+class RateLimited(AccessError):
+    """Raised when an API key made more requests this minute than its rate allows."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class PriorityNotAllowed(AccessError):
+    """Raised when a request asks for a priority above its API key's ceiling."""
+
+
+class WebhookError(InfermqError):
+    """Base of the errors raised while delivering a webhook."""
+
+
+class WebhookDeliveryFailed(WebhookError):
+    """Raised when one delivery attempt did not get a 2xx answer; it is retried later."""

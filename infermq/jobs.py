@@ -123,6 +123,7 @@ class JobMessage(BaseModel):
     params: GenerationParams = GenerationParams()
     priority: int = Field(ge=0, le=9)
     session_id: str | None = None
+    session_seq: int | None = Field(default=None, ge=0, description="the job's turn in its session")
     webhook_url: str | None = None
     timeout_s: float = Field(gt=0)
     submitted_at: datetime

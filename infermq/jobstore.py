@@ -75,6 +75,7 @@ def insert_submitting(
         "params": message.params.model_dump(mode="json"),
         "timeout_s": message.timeout_s,
         "session_id": message.session_id,
+        "session_seq": message.session_seq,
         "webhook_url": message.webhook_url,
         "route_reason": route_reason,
     }

@@ -43,9 +43,17 @@ class RedisKeys:
         """The LFU-with-aging floor: the score of the last entry evicted."""
         return f"{self.prefix}:cachefloor:{task_type}"
 
+    def cache_memberships(self, task_type: str) -> str:
+        """The band sets each semantic entry of a task type is listed in (a hash)."""
+        return f"{self.prefix}:cachemembers:{task_type}"
+
     def cache_band(self, namespace: str, band: int, band_hash: str) -> str:
         """The entries of a namespace whose SimHash agrees on one band."""
         return f"{self.prefix}:cacheband:{namespace}:{band}:{band_hash}"
+
+    def cache_scratch(self, token: str) -> str:
+        """A short-lived key one semantic lookup tallies its band votes in."""
+        return f"{self.prefix}:cachescratch:{token}"
 
     def cache_stats(self) -> str:
         return f"{self.prefix}:cache:stats"
@@ -69,6 +77,10 @@ class RedisKeys:
 
     def model_metrics_pattern(self, model: str) -> str:
         return f"{self.prefix}:metrics:{model}:*"
+
+    def rate_window(self, key_id: str) -> str:
+        """When an API key's requests of the last minute came (a sorted set: id -> time)."""
+        return f"{self.prefix}:rate:{key_id}"
 
     def test_gate(self, name: str) -> str:
         """A list the test engine blocks on until a test pushes to it."""
@@ -107,6 +119,11 @@ class QueueNames:
     @property
     def webhooks(self) -> str:
         return f"{self.namespace}.webhooks"
+
+    def webhook_delay(self, attempt: int) -> str:
+        """Where a webhook retry waits (a message TTL) before it is dead-lettered back to
+        ``webhooks``; one queue per attempt, so a short wait never queues behind a long one."""
+        return f"{self.namespace}.webhooks.delay{attempt}"
 
     def for_model(self, task_type: str, model: str) -> str:
         """``infer.<task>.<model>``: one queue per task type and model."""

@@ -47,6 +47,11 @@ class JobStateStore:
     def append_token(self, job_id: str, text: str) -> None:
         self.client.xadd(self.keys.job_events(job_id), {"kind": "token", "data": text})
 
+    def append_event(self, job_id: str, kind: str, data: str) -> None:
+        """Appends an event after the job's end (kind ``webhook``: a delivery's outcome);
+        readers that stop at the final status never see it."""
+        self.client.xadd(self.keys.job_events(job_id), {"kind": kind, "data": data})
+
     def write_result(self, result: JobResult) -> None:
         """Writes the result, then the final status event that wakes every waiter."""
         pipe = self.client.pipeline(transaction=True)

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
-from infermq.connections import get_redis
+from infermq.connections import get_binary_redis, get_redis
 from infermq.database import get_engine
 from infermq.errors import (
     InvalidRequest,
@@ -28,8 +28,11 @@ from infermq.jobs import JobMessage, JobRequest, JobResult, JobStatus, TaskType,
 from infermq.jobstore import database_unavailable, get_job, insert_submitting, set_status
 from infermq.keys import RUN_JOB_TASK, QueueNames, RedisKeys
 from infermq.results import JobStateStore
+from infermq.session_store import SessionStore
+from infermq.session_turns import TurnGate
 from infermq.settings import Settings, get_settings
 from producer.publisher import ConfirmedPublisher
+from producer.webhook_policy import check_webhook_url
 from routing.registry import load_registry
 from routing.topology import build_topology
 
@@ -49,6 +52,10 @@ class Client:
         self.engine = get_engine(self.settings)
         self.state = JobStateStore(get_redis(self.settings), self.keys, self.settings.result_ttl_s)
         self.publisher = ConfirmedPublisher(self.settings, self.topology)
+        self.sessions = SessionStore.from_settings(
+            self.settings, self.engine, get_binary_redis(self.settings)
+        )
+        self.turns = TurnGate(self.sessions)
 
     def validate(self, task_type: str, input: Any, **fields: Any) -> tuple[JobRequest, str]:
         """The validated request and the model that will run it.
@@ -76,15 +83,20 @@ class Client:
                 f"input has {request.input_count()} items; the limit is "
                 f"{self.settings.max_inputs_per_job} per job: split it over several jobs"
             )
+        if request.webhook_url is not None:
+            check_webhook_url(str(request.webhook_url), self.settings.webhook_allow_private)
         spec = self.registry.choose_model(request.task_type, request.model)
         return request, spec.name
 
-    def submit(self, task_type: str, input: Any, **fields: Any) -> JobHandle:
+    def submit(
+        self, task_type: str, input: Any, *, tenant: str | None = None, **fields: Any
+    ) -> JobHandle:
         """Submits one job and returns its handle once the broker has confirmed it.
 
         Fields: ``model``, ``params`` (dict or GenerationParams), ``priority`` (0-9),
         ``session_id``, ``webhook_url``, ``idempotency_key``, ``timeout_s``. The same
-        idempotency key returns the same job and publishes once.
+        idempotency key returns the same job and publishes once. ``tenant`` (set by the
+        gateway from the API key) owns the job: only that tenant reads it over HTTP.
 
         Raises:
             InvalidRequest: bad input; nothing was published or written.
@@ -105,13 +117,20 @@ class Client:
             timeout_s=request.timeout_s or self.settings.default_timeout_s,
             submitted_at=utcnow(),
         )
-        return self.publish(message, request.idempotency_key)
+        return self.publish(message, request.idempotency_key, tenant)
 
-    def publish(self, message: JobMessage, idempotency_key: str | None = None) -> JobHandle:
+    def publish(
+        self, message: JobMessage, idempotency_key: str | None = None, tenant: str | None = None
+    ) -> JobHandle:
         """Records and publishes an already validated job message (see ``submit``)."""
         try:
             with self.engine.begin() as connection:
-                existing = insert_submitting(connection, message, idempotency_key)
+                if message.session_id is not None and message.session_seq is None:
+                    # The turn is taken in the job row's transaction: the session's jobs run
+                    # in this order whatever their priorities.
+                    seq = self.turns.assign_sequence(connection, message.session_id)
+                    message = message.model_copy(update={"session_seq": seq})
+                existing = insert_submitting(connection, message, idempotency_key, tenant)
         except OperationalError as e:
             raise database_unavailable(self.engine, e) from e
         if existing is not None and existing.status not in (
@@ -145,6 +164,11 @@ class Client:
             )
         return JobHandle(self, job_id)
 
+    def session(self, session_id: str | None = None, tenant: str | None = None) -> Session:
+        """Opens a session (or returns the existing one with this id): its jobs share a
+        context and run in submission order. Usable as a context manager that closes it."""
+        return Session(self, self.sessions.create(session_id, tenant).id)
+
     def job(self, job_id: str) -> JobHandle:
         """A handle on an existing job."""
         return JobHandle(self, job_id)
@@ -153,6 +177,36 @@ class Client:
         self.publisher.close()
 
     def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Session:
+    """A conversation or multi-step job: each job sees the turns of the jobs before it."""
+
+    def __init__(self, client: Client, session_id: str) -> None:
+        self.client = client
+        self.id = session_id
+
+    def submit(self, task_type: str, input: Any, **fields: Any) -> JobHandle:
+        """``Client.submit`` within this session (same arguments).
+
+        Raises:
+            SessionTerminated: the session was closed or expired; open a new one.
+        """
+        return self.client.submit(task_type, input, session_id=self.id, **fields)
+
+    def state(self) -> str:
+        """"INIT" | "ACTIVE" | "SLEEP" | "TERMINATED"."""
+        return self.client.sessions.get(self.id).state.value
+
+    def close(self) -> None:
+        """Terminates the session; later jobs in it are refused."""
+        self.client.sessions.close(self.id)
+
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc: object) -> None:

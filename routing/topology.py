@@ -77,7 +77,10 @@ def build_topology(registry: Registry, names: QueueNames, max_length: int) -> To
         webhook_queue=QueueSpec(
             names.webhooks,
             names.webhooks,
-            {"x-dead-letter-exchange": names.dead_letter_exchange, "x-queue-type": "classic"},
+            # x-max-priority as on every queue: Celery's worker declares each queue it consumes
+            # with task_queue_max_priority, and RabbitMQ refuses a redeclaration that differs.
+            {"x-max-priority": MAX_PRIORITY,
+             "x-dead-letter-exchange": names.dead_letter_exchange, "x-queue-type": "classic"},
         ),
         dead_queue=QueueSpec(names.dead, names.dead, {"x-queue-type": "classic"}),
     )

@@ -21,7 +21,14 @@ from tests.engine_support import (
     noop_spec,
     registry_spec,
 )
-from workers.batching import Batcher, BatcherHooks, PendingRequest, select_batch
+from workers.batching import (
+    Batcher,
+    BatcherHooks,
+    PendingRequest,
+    effective_priority,
+    select_batch,
+    urgency_key,
+)
 from workers.engines.base import EngineOutput, EngineRequest
 from workers.engines.noop import NoopEngine
 from workers.engines.torch_engine import TorchEngine
@@ -72,6 +79,58 @@ def test_selection_takes_priority_then_age_and_packs_inputs() -> None:
     assert second == ["other-key"]
     assert third == ["big"]
     assert heap == []
+
+
+def test_an_aged_low_priority_request_overtakes_younger_high_priority_ones() -> None:
+    import heapq
+
+    # Given aging of one level per 100 ms: a priority-1 request submitted at t = 0, and
+    # priority-9 requests submitted at t = 0, 700, 800 and 900 ms
+    def item(job_id: str, priority: int, submitted_ms: float, sequence: int) -> PendingRequest:
+        request = EngineRequest(job_id, TaskType.EMBED, "text", priority=priority)
+        return PendingRequest(urgency_key(priority, submitted_ms, sequence, aging_ms=100),
+                              request, Future(), 1)
+
+    heap = [item("low", 1, 0, 0), item("high-0", 9, 0, 1), item("high-700", 9, 700, 2),
+            item("high-800", 9, 800, 3), item("high-900", 9, 900, 4)]
+    heapq.heapify(heap)
+    # When batches of one are selected
+    order = [select_batch(heap, 1, lambda r: 0)[0].request.job_id for _ in range(5)]
+    # Then the low request comes after the highs submitted less than 8 levels x 100 ms after it,
+    # ties going to the older, and before every later one
+    assert order == ["high-0", "high-700", "low", "high-800", "high-900"]
+    assert effective_priority(1, waited_ms=800, aging_ms=100) == 9
+    assert effective_priority(1, waited_ms=10_000, aging_ms=100) == 9
+
+
+@pytest.mark.parametrize("aging_ms", [100.0, None])
+def test_sustained_high_priority_load_delays_a_low_request_by_a_bounded_amount(
+        aging_ms: float | None) -> None:
+    # Given the engine held, a clock we move by hand, one low request at t = 0 and then a
+    # high-priority request every 100 ms for 3 s: more than the engine can take one at a time
+    clock = {"now_ms": 0.0}
+    hooks = GateHooks()
+    engine = NoopEngine(noop_spec())
+    engine.load()
+    batcher = Batcher(engine, max_batch_size=1, max_wait_ms=0, hooks=hooks, aging_ms=aging_ms,
+                      clock_ms=lambda: clock["now_ms"])
+    batcher.start()
+    held = batcher.submit(embed("held", "in the engine"))
+    assert hooks.entered.wait(10)
+    low = batcher.submit(embed("low", "patient", priority=1))
+    highs = []
+    for i in range(30):
+        clock["now_ms"] = 100.0 * i
+        highs.append(batcher.submit(embed(f"high-{i}", f"urgent {i}", priority=9)))
+    # When the engine runs them
+    hooks.gate.set()
+    for future in [held, low, *highs]:
+        future.result(timeout=30)
+    batcher.stop()
+    order = [batch[0] for batch in hooks.batches]
+    # Then with aging the low request waits only for highs submitted within 8 x 100 ms of it;
+    # with strict priority it waits for all 30
+    assert order.index("low") == (1 + 8 if aging_ms else 1 + 30), order
 
 
 def test_a_job_larger_than_the_batch_runs_alone() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -58,7 +59,7 @@ def test_bad_input_raises_typed_error_and_publishes_nothing(
     client_for: Callable[[Settings], Client],
     task_type: str,
     input: object,
-    fields: dict[str, object],
+    fields: dict[str, Any],
     error: type[Exception],
 ) -> None:
     client = client_for(echo_settings)

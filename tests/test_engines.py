@@ -23,6 +23,7 @@ from workers.engines import build_engine
 from workers.engines.base import EngineRequest
 from workers.engines.noop import NoopEngine
 from workers.engines.sources import READY_MARKER, model_dir, prepare_model
+from workers.engines.static_cache import StaticShape, plan_static_shape
 from workers.engines.torch_engine import TorchEngine
 from workers.engines.vllm import VllmEngine
 
@@ -81,6 +82,37 @@ def test_generation_honours_each_requests_max_new_tokens_and_a_bad_input_fails_a
     assert outputs[0].tokens <= 3 and outputs[1].tokens <= 20
     assert isinstance(outputs[2].output, list) and len(outputs[2].output) == 2
     assert outputs[3].error is not None and "too-long" in str(outputs[3].error)
+
+
+def test_fixed_shape_decoding_gives_what_a_growing_cache_gives() -> None:
+    # Given the same greedy requests (uneven prompts and lengths, a padded row bucket of 4)
+    growing = TorchEngine(GPT2_TINY, MODELS_DIR, static_shapes=False)
+    fixed = TorchEngine(GPT2_TINY, MODELS_DIR, static_shapes=True)
+    growing.load()
+    fixed.load()
+    prompts = ["hi", "a much longer prompt about the history of Rome and its roads", "x y z"]
+
+    def requests() -> list[EngineRequest]:
+        return [EngineRequest(f"r{i}", TaskType.GENERATE, prompt,
+                              params=GenerationParams(max_new_tokens=6 + 5 * i))
+                for i, prompt in enumerate(prompts)]
+
+    # When one engine decodes with a growing cache and the other in fixed shapes
+    expected = growing.run_batch(requests())
+    prepared = requests()
+    for request in prepared:
+        fixed.prepare(request)
+    got = fixed.run_batch(prepared)
+    # Then every row's text and token count are the same
+    assert [o.output for o in got] == [o.output for o in expected]
+    assert [o.tokens for o in got] == [o.tokens for o in expected]
+
+
+def test_fixed_shapes_round_rows_and_lengths_up_and_give_way_when_too_long() -> None:
+    shape = plan_static_shape(rows=57, longest_prompt=20, most_new_tokens=64, max_positions=1024)
+    assert shape == StaticShape(rows=64, prompt_len=32, cache_len=128)
+    assert plan_static_shape(1, 9, 8, max_positions=512) == StaticShape(1, 16, 64)
+    assert plan_static_shape(3, 500, 20, max_positions=512) is None
 
 
 def test_a_prepared_model_is_reused_and_an_interrupted_one_rebuilt(tmp_path: Any) -> None:

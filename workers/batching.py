@@ -7,13 +7,33 @@ first request of an idle spell has waited ``max_wait_ms``. Requests left over fr
 batch run at once: they have already waited a whole batch.
 
 Which requests form a batch is decided by ``select_batch``, pure code over plain data: the
-highest priority first, then the oldest; only requests the engine calls compatible; inputs
-packed across jobs (a job may bring many texts: the batch size counts inputs, not jobs).
+most urgent first; only requests the engine calls compatible; inputs packed across jobs (a job
+may bring many texts: the batch size counts inputs, not jobs).
+
+The starvation rule. Urgency is the *effective* priority, which rises one level per
+``aging_ms`` waited: ``priority + waited_ms / aging_ms``, ties to the oldest. Every waiting
+request ages at the same rate, so the order between two of them never changes while they wait,
+and a heap keyed on ``submitted_ms - priority * aging_ms`` (``urgency_key``) keeps exactly that
+order. The promise: a request of priority p is taken before any request submitted more than
+``(MAX_PRIORITY - p) * aging_ms`` after it, whatever that one's priority; so sustained
+high-priority load delays low priority by a bounded amount instead of starving it.
+
+What the rule covers, and what it does not. It orders the requests this worker holds: up to
+its task slots (prefetch 1 each), which is where a batch is chosen. It does not reach the
+broker: RabbitMQ delivers strictly by priority, so while higher-priority messages keep every
+slot of every worker busy, a low-priority message stays in its queue and never starts to age
+here. Bounding that wait needs a broker-side step (for instance republishing a message that
+waited past ``(MAX_PRIORITY - p) * aging_ms`` at ``effective_priority``, or a share of slots
+reserved for low priority); it belongs to the consumer path (``workers/execution.py``) and is
+not done yet. ``effective_priority`` is the rule such a step should apply.
 
 Failures stay with their job: a batch whose engine call raises is split in halves and retried
 until the request that raises is alone. Each request's ``timeout_s`` is enforced here (Celery's
 time limits do nothing in the threads pool): a deadline thread fails the request's future with
 ``JobTimedOut`` the moment its deadline passes, whether it is waiting or running.
+
+Before queueing, ``submit`` lets the engine prepare the request (tokenize it) in the submitting
+thread, so that work overlaps the batch the engine is running.
 
 Imports only the stdlib and the contracts, never Celery or Redis.
 """
@@ -33,6 +53,10 @@ from infermq.errors import EngineError, EngineInputError, InfermqError, JobTimed
 from workers.engines.base import Engine, EngineOutput, EngineRequest
 
 GIL_SWITCH_INTERVAL_S = 1e-4
+DEFAULT_AGING_MS = 1000.0
+"""A priority-1 request overtakes fresh priority-9 ones after 8 s in the worker: well past a
+normal batch wait, short against a request's default timeout."""
+MAX_PRIORITY = 9
 
 
 class BatcherHooks:
@@ -57,10 +81,27 @@ class BatcherHooks:
 class PendingRequest:
     """A submitted request as the selection sees it: ordered by priority, then arrival."""
 
-    sort_key: tuple[int, int]
+    sort_key: tuple[float, int]
     request: EngineRequest = field(compare=False)
     future: Future[EngineOutput] = field(compare=False)
     inputs: int = field(compare=False, default=1)
+
+
+def urgency_key(priority: int, submitted_ms: float, sequence: int,
+                aging_ms: float | None) -> tuple[float, int]:
+    """The heap key of a request (smaller is more urgent): effective priority, then arrival.
+
+    With ``aging_ms`` None priority is strict: ``(-priority, sequence)``. Otherwise the key is
+    the time at which a request of priority 0 would have the same effective priority now.
+    """
+    if aging_ms is None:
+        return (-priority, sequence)
+    return (submitted_ms - priority * aging_ms, sequence)
+
+
+def effective_priority(priority: int, waited_ms: float, aging_ms: float) -> int:
+    """The priority a request has earned by waiting, one level per ``aging_ms``, at most 9."""
+    return min(MAX_PRIORITY, priority + int(waited_ms // aging_ms))
 
 
 def select_batch(
@@ -71,7 +112,7 @@ def select_batch(
 ) -> list[PendingRequest]:
     """Takes the next batch out of the heap ``pending`` (which it modifies) and returns it.
 
-    The most urgent request (highest priority, then oldest) leads; it is taken even when it
+    The most urgent request (the heap's order: see ``urgency_key``) leads; it is taken even when it
     alone brings more than ``max_inputs`` inputs. Then requests compatible with it are taken
     in urgency order while their inputs fit. At most ``max_scanned`` requests are looked at
     (default 4 × ``max_inputs``), so a heap full of incompatible work costs bounded time;
@@ -129,11 +170,16 @@ class Batcher:
     """
 
     def __init__(self, engine: Engine, max_batch_size: int, max_wait_ms: float,
-                 hooks: BatcherHooks | None = None) -> None:
-        if max_batch_size < 1 or max_wait_ms < 0:
+                 hooks: BatcherHooks | None = None,
+                 aging_ms: float | None = DEFAULT_AGING_MS,
+                 clock_ms: Callable[[], float] | None = None) -> None:
+        if max_batch_size < 1 or max_wait_ms < 0 or (aging_ms is not None and aging_ms <= 0):
             raise EngineError(
-                f"max_batch_size must be >= 1 and max_wait_ms >= 0, got {max_batch_size} "
-                f"and {max_wait_ms}")
+                f"max_batch_size must be >= 1, max_wait_ms >= 0 and aging_ms > 0 or None, got "
+                f"{max_batch_size}, {max_wait_ms} and {aging_ms}")
+        self.aging_ms = aging_ms
+        # The clock that ages requests; a test passes its own to age them without waiting.
+        self._clock_ms = clock_ms or (lambda: time.monotonic() * 1000)
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.max_wait_ms = max_wait_ms
@@ -191,6 +237,11 @@ class Batcher:
                 f"the batcher of {self.engine.spec.name} is not running: start() it first")
         now = time.monotonic()
         request.deadline_monotonic = now + request.timeout_s
+        if not self.engine.supports_continuous_batching:
+            try:
+                self.engine.prepare(request)
+            except Exception:  # noqa: BLE001 - run_batch redoes what prepare could not
+                request.prepared = None
         future: Future[EngineOutput] = Future()
         sequence = next(self._sequence)
         with self._deadline_wakeup:
@@ -205,7 +256,8 @@ class Batcher:
         if self.engine.supports_continuous_batching:
             self._submit_continuous(request, future)
             return future
-        item = PendingRequest((-request.priority, sequence), request, future, request.input_count)
+        key = urgency_key(request.priority, self._clock_ms(), sequence, self.aging_ms)
+        item = PendingRequest(key, request, future, request.input_count)
         with self._wakeup:
             heapq.heappush(self._pending, item)
             self._pending_inputs += item.inputs

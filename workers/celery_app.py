@@ -73,7 +73,6 @@ def create_app(settings: Settings) -> Celery:
         task_default_exchange=topology.names.exchange,
         task_default_queue=topology.job_queues[0].name,
         task_create_missing_queues=False,
-        task_queue_max_priority=9,
         task_default_priority=5,
         enable_utc=True,
     )

@@ -17,12 +17,15 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
-from infermq.errors import EngineError, InfermqError
+from infermq.errors import EngineError, InfermqError, SessionError
 from infermq.jobs import JobMessage, JobResult, JobStatus
 from infermq.jobstore import JobRow, begin_attempt, set_status
+from infermq.outbox import record_webhook, untried_webhooks
 from infermq.results import JobStateStore
+from infermq.sessions import SessionContext
 from infermq.settings import Settings
 from workers.engines.base import EngineOutput, EngineRequest
+from workers.session_steps import SessionSteps, Turn
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,9 @@ class JobRunner:
         self.database = database
         self.state = state
         self.submit_to_engine = submit_to_engine
+        self.sessions = SessionSteps(settings, database)
+        # Set by the worker entry point when it registers webhook delivery (workers/webhooks.py).
+        self.send_webhook: Callable[[int], None] | None = None
 
     def run(self, payload: dict[str, Any]) -> JobResult | None:
         """Runs one delivery of a job message.
@@ -60,6 +66,12 @@ class JobRunner:
             message = JobMessage.model_validate(payload)
         except ValidationError as e:
             raise DeadLetter(f"malformed job message: {e}") from e
+        in_session = message.session_id is not None and message.session_seq is not None
+        if in_session:
+            # Before counting the attempt: a job that waits for an earlier turn is requeued
+            # (TurnNotReady) without using up its attempts; ALREADY_DONE falls through to the
+            # final-row path below.
+            self.sessions.wait_for_turn(message)
         with self.database.begin() as connection:
             row = begin_attempt(connection, message.job_id)
         if row is None:
@@ -73,10 +85,17 @@ class JobRunner:
         if self.state.is_cancel_requested(message.job_id):
             self._end(message, JobStatus.CANCELLED, error="cancelled before it started")
             return None
+        turn: Turn | None = None
+        if in_session:
+            try:
+                turn = self.sessions.begin(message)
+            except SessionError as e:
+                self._end(message, JobStatus.FAILED, error=f"{type(e).__name__}: {e}")
+                raise DeadLetter(f"job {message.job_id} failed: {e}") from e
         self.state.mark_status(message.job_id, JobStatus.RUNNING)
         started = time.monotonic()
         try:
-            output = self._run_engine(message)
+            output = self._run_engine(message, turn)
         except EngineError as e:
             self._end(message, JobStatus.FAILED, error=f"{type(e).__name__}: {e}")
             raise DeadLetter(f"job {message.job_id} failed: {e}") from e
@@ -88,13 +107,13 @@ class JobRunner:
             tokens=output.tokens,
             latency_ms=(time.monotonic() - started) * 1000,
         )
-        return self._commit(result)
+        return self._commit(message, result, turn)
 
-    def _run_engine(self, message: JobMessage) -> EngineOutput:
+    def _run_engine(self, message: JobMessage, turn: Turn | None) -> EngineOutput:
         request = EngineRequest(
             job_id=message.job_id,
             task_type=message.task_type,
-            input=message.input,
+            input=message.input if turn is None else self.sessions.engine_input(message, turn),
             params=message.params,
             priority=message.priority,
             timeout_s=message.timeout_s,
@@ -104,9 +123,12 @@ class JobRunner:
         # The batcher enforces timeout_s; the margin only guards against a lost future.
         return future.result(timeout=message.timeout_s + 30)
 
-    def _commit(self, result: JobResult) -> JobResult:
+    def _commit(self, message: JobMessage, result: JobResult, turn: Turn | None) -> JobResult:
+        context: SessionContext | None = None
+        if turn is not None:
+            context = self.sessions.next_context(message, turn, result.output)
         with self.database.begin() as connection:
-            set_status(
+            changed = set_status(
                 connection,
                 result.job_id,
                 JobStatus.DONE,
@@ -114,16 +136,35 @@ class JobRunner:
                 result=result.model_dump(mode="json"),
                 cache=result.cache,
             )
+            if changed and turn is not None and context is not None:
+                self.sessions.record_turn(connection, message, turn, context)
+            outbox_id = record_webhook(connection, result) if changed else None
         self.state.write_result(result)
+        if turn is not None:
+            self.sessions.after_commit(turn.session_id, context)
+        self._send_webhooks([outbox_id] if outbox_id is not None else [])
         return result
 
     def _end(self, message: JobMessage, status: JobStatus, error: str) -> None:
         result = JobResult(job_id=message.job_id, status=status, model=message.model,
                            error=error)
         with self.database.begin() as connection:
-            set_status(connection, message.job_id, status, only_from=RUNNABLE, error=error,
-                       result=result.model_dump(mode="json"))
+            changed = set_status(connection, message.job_id, status, only_from=RUNNABLE,
+                                 error=error, result=result.model_dump(mode="json"))
+            if changed:
+                self.sessions.skip_turn(connection, message)
+            outbox_id = record_webhook(connection, result) if changed else None
         self.state.write_result(result)
+        if message.session_id is not None:
+            self.sessions.after_commit(message.session_id, None)
+        self._send_webhooks([outbox_id] if outbox_id is not None else [])
+
+    def _send_webhooks(self, outbox_ids: list[int]) -> None:
+        """Sends the first delivery attempt of committed outbox rows (after the commit, so a
+        delivery never sees a row that may roll back)."""
+        if self.send_webhook is not None:
+            for outbox_id in outbox_ids:
+                self.send_webhook(outbox_id)
 
     def _finish_already_final(self, row: JobRow) -> JobResult | None:
         """A redelivered job whose row is final: only the steps after the commit remain."""
@@ -133,4 +174,5 @@ class JobRunner:
         result = JobResult.model_validate(row.result)
         if self.state.read_result(row.id) is None:
             self.state.write_result(result)
+        self._send_webhooks(untried_webhooks(self.database, row.id))
         return result

@@ -28,6 +28,8 @@ def run_worker(
     names = app.conf.infermq_topology.names
     queues = [names.for_model(task.value, spec.name)
               for spec in runtime.specs for task in spec.task_types]
+    # Webhook deliveries share the task threads but never an engine: no GPU slot is held.
+    queues.append(names.webhooks)
 
     def start_runtime(**_: Any) -> None:
         runtime.start()

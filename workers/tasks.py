@@ -18,6 +18,8 @@ from infermq.errors import ServiceUnavailable
 from infermq.keys import RUN_JOB_TASK
 from workers.execution import DeadLetter
 from workers.runtime import WorkerRuntime
+from workers.session_steps import TurnNotReady
+from workers.webhooks import register_webhook_task
 
 TRANSIENT_ERRORS = (OperationalError, redis.ConnectionError, redis.TimeoutError,
                     ServiceUnavailable)
@@ -26,6 +28,7 @@ MAX_TRANSIENT_RETRIES = 5
 
 def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
     """Registers the worker's tasks on ``app``, bound to ``runtime``."""
+    runtime.runner.send_webhook = register_webhook_task(app, runtime.settings)
 
     @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, ignore_result=True)
     def run_job(self: Task, message: dict[str, Any]) -> None:
@@ -33,6 +36,9 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
             runtime.runner.run(message)
         except DeadLetter as e:
             raise Reject(str(e), requeue=False) from e
+        except TurnNotReady as e:
+            # An earlier job of the same session still runs: give the slot back, come back.
+            raise self.retry(exc=e, countdown=1, max_retries=None) from e
         except TRANSIENT_ERRORS as e:
             countdown_s = min(30, 2 ** self.request.retries)
             raise self.retry(

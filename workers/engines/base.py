@@ -36,6 +36,8 @@ class EngineRequest:
     on_token: Callable[[str], None] | None = None
     # Set by the batcher at submit: a generating engine stops a row whose deadline passed.
     deadline_monotonic: float | None = None
+    # Set by ``Engine.prepare`` in the submitting thread (token ids, or the input's error).
+    prepared: Any = None
 
     @property
     def input_count(self) -> int:
@@ -123,6 +125,15 @@ class Engine(ABC):
             if task != TaskType.AUTO:
                 self.run_batch([EngineRequest(job_id="warm-up", task_type=task, input="warm up",
                                               params=GenerationParams(max_new_tokens=2))])
+
+    def prepare(self, request: EngineRequest) -> None:
+        """Does a request's CPU-side work (tokenizing) ahead, in the thread that submits it.
+
+        The batcher calls it from ``submit``, so the task slots tokenize the next jobs while
+        the engine runs the current batch. It must not raise and must not touch the device;
+        ``run_batch`` does the work itself for requests that were not prepared.
+        """
+        return None
 
     @abstractmethod
     def run_batch(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:

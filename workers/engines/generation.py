@@ -4,8 +4,9 @@ Prompts are left-padded into one batch so every row's next token sits in the las
 forward pass per step serves every row. Each row keeps its own ``max_new_tokens``, sampling
 parameters, seed and deadline, so requests with different parameters share a batch (the
 sampler works per row). A row stops on an end-of-sequence token, at its ``max_new_tokens`` or
-at its deadline; once a quarter of the rows in the batch have stopped, their rows are dropped
-from the cache so the rest do not pay for them.
+at its deadline. On the CPU the cache grows per step and, once a quarter of the rows have
+stopped, their rows are dropped from it so the rest do not pay for them; on a GPU the batch is
+decoded in fixed shapes instead (``static_cache`` says why).
 
 Streaming is iteration-level: after every step each row with an ``on_token`` callback gets the
 text its new token completed (held back while it ends in a partial UTF-8 character), and the
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from workers.engines.static_cache import StaticKVCache, StaticShape
 
 SAMPLING_FLOOR_TEMPERATURE = 1e-5
 COMPACT_FRACTION = 0.25
@@ -84,15 +87,61 @@ def sample_next_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: t
     return torch.where(sampled_rows, sampled, greedy)
 
 
+def _row_tensors(rows: list[GenerationRow], device: torch.device, padding_rows: int = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Generator | None]]:
+    """Per-row temperature, top-p and generator; ``padding_rows`` empty rows decode greedily."""
+    temperature = torch.tensor([row.temperature for row in rows] + [0.0] * padding_rows,
+                               device=device)
+    top_p = torch.tensor([row.top_p for row in rows] + [1.0] * padding_rows, device=device)
+    generators: list[torch.Generator | None] = []
+    for row in rows:
+        generator = None
+        if row.seed is not None and row.temperature > 0:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(row.seed)
+        generators.append(generator)
+    return temperature, top_p, generators + [None] * padding_rows
+
+
+def _take_tokens(rows: list[GenerationRow], active: Sequence[int], tokens: Sequence[int],
+                 tokenizer: Any, eos_ids: set[int]) -> None:
+    """Appends each active row's new token, ends rows at EOS, length or deadline, streams."""
+    now = time.monotonic()
+    for token, index in zip(tokens, active, strict=True):
+        row = rows[index]
+        if row.finished:
+            continue
+        if token in eos_ids:
+            row.finished = True
+        else:
+            row.new_ids.append(token)
+            row.finished = len(row.new_ids) >= row.max_new_tokens
+        if row.deadline_monotonic is not None and now >= row.deadline_monotonic:
+            row.finished = row.timed_out = True
+        if row.on_token is not None and not row.timed_out:
+            piece = row.stream_piece(tokenizer, final=row.finished)
+            if piece:
+                row.on_token(piece)
+
+
 @torch.inference_mode()
 def generate_rows(model: Any, tokenizer: Any, rows: list[GenerationRow], device: torch.device,
                   eos_ids: set[int], pad_id: int,
-                  on_step: Callable[[int], None] | None = None) -> None:
-    """Decodes every row to its end, filling ``new_ids``, ``finished`` and ``timed_out``."""
-    from transformers import DynamicCache
+                  on_step: Callable[[int], None] | None = None,
+                  static_shape: StaticShape | None = None) -> None:
+    """Decodes every row to its end, filling ``new_ids``, ``finished`` and ``timed_out``.
 
+    With ``static_shape`` (see ``static_cache``) the batch is padded to it and decoded with a
+    preallocated cache, every step in the same shapes; without, the cache grows per step and
+    stopped rows are dropped from it.
+    """
     if not rows:
         return
+    if static_shape is not None:
+        _generate_static(model, tokenizer, rows, device, eos_ids, pad_id, on_step, static_shape)
+        return
+    from transformers import DynamicCache
+
     longest = max(len(row.prompt_ids) for row in rows)
     input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
@@ -101,15 +150,7 @@ def generate_rows(model: Any, tokenizer: Any, rows: list[GenerationRow], device:
         attention_mask[i, longest - len(row.prompt_ids):] = 1
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
-    temperature = torch.tensor([row.temperature for row in rows], device=device)
-    top_p = torch.tensor([row.top_p for row in rows], device=device)
-    generators: list[torch.Generator | None] = []
-    for row in rows:
-        generator = None
-        if row.seed is not None and row.temperature > 0:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(row.seed)
-        generators.append(generator)
+    temperature, top_p, generators = _row_tensors(rows, device)
 
     cache = DynamicCache(config=model.config)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -120,22 +161,7 @@ def generate_rows(model: Any, tokenizer: Any, rows: list[GenerationRow], device:
     while True:
         next_ids = sample_next_tokens(logits, temperature, top_p,
                                       [generators[i] for i in active])
-        now = time.monotonic()
-        for token, index in zip(next_ids.tolist(), active, strict=True):
-            row = rows[index]
-            if row.finished:
-                continue
-            if token in eos_ids:
-                row.finished = True
-            else:
-                row.new_ids.append(token)
-                row.finished = len(row.new_ids) >= row.max_new_tokens
-            if row.deadline_monotonic is not None and now >= row.deadline_monotonic:
-                row.finished = row.timed_out = True
-            if row.on_token is not None and not row.timed_out:
-                piece = row.stream_piece(tokenizer, final=row.finished)
-                if piece:
-                    row.on_token(piece)
+        _take_tokens(rows, active, next_ids.tolist(), tokenizer, eos_ids)
         if on_step is not None:
             on_step(step)
         step += 1
@@ -154,6 +180,54 @@ def generate_rows(model: Any, tokenizer: Any, rows: list[GenerationRow], device:
         logits = model(input_ids=next_ids.unsqueeze(-1), attention_mask=attention_mask,
                        position_ids=next_position.unsqueeze(-1), past_key_values=cache,
                        use_cache=True).logits[:, -1, :]
+        next_position = next_position + 1
+
+
+def _generate_static(model: Any, tokenizer: Any, rows: list[GenerationRow],
+                     device: torch.device, eos_ids: set[int], pad_id: int,
+                     on_step: Callable[[int], None] | None, shape: StaticShape) -> None:
+    """The fixed-shape decoding loop: padded rows, one cache, a ready 4-D boolean mask.
+
+    Stopped rows keep being computed (their tokens are ignored): on a GPU a step costs the
+    same with or without them, and dropping them would change the shapes again. Every query
+    may also see its own position, so a row of padding attends to something and stays finite.
+    """
+    count, prompt_len, cache_len = shape.rows, shape.prompt_len, shape.cache_len
+    input_ids = torch.full((count, prompt_len), pad_id, dtype=torch.long)
+    visible = torch.zeros((count, cache_len), dtype=torch.bool)
+    visible[:, prompt_len:] = True
+    lengths = torch.zeros(count, dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, prompt_len - len(row.prompt_ids):] = torch.tensor(row.prompt_ids)
+        visible[i, prompt_len - len(row.prompt_ids):prompt_len] = True
+        lengths[i] = len(row.prompt_ids)
+    position_ids = (visible[:, :prompt_len].long().cumsum(dim=-1) - 1).clamp(min=0)
+    input_ids, visible = input_ids.to(device), visible.to(device)
+    position_ids, next_position = position_ids.to(device), lengths.to(device)
+    temperature, top_p, generators = _row_tensors(rows, device, count - len(rows))
+    keys = torch.arange(cache_len, device=device)
+    queries = torch.arange(prompt_len, device=device)
+    prefill_mask = (visible[:, None, None, :] & (keys <= queries[:, None])) | (
+        keys == queries[:, None])
+    cache = StaticKVCache(count, cache_len)
+    logits = model(input_ids=input_ids, attention_mask=prefill_mask, position_ids=position_ids,
+                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+    cache.position = prompt_len
+    active = range(len(rows))
+    step = 0
+    while True:
+        next_ids = sample_next_tokens(logits, temperature, top_p, generators)
+        _take_tokens(rows, active, next_ids.tolist()[:len(rows)], tokenizer, eos_ids)
+        if on_step is not None:
+            on_step(step)
+        step += 1
+        if all(row.finished for row in rows):
+            return
+        step_mask = visible[:, None, None, :] & (keys <= cache.position)
+        logits = model(input_ids=next_ids.unsqueeze(-1), attention_mask=step_mask,
+                       position_ids=next_position.unsqueeze(-1), past_key_values=cache,
+                       use_cache=True).logits[:, -1, :]
+        cache.position += 1
         next_position = next_position + 1
 
 

@@ -5,10 +5,13 @@ the engine, kill the worker there, or make one job fail:
 
 - ``gate:<name> ...``: announce arrival on ``test_gate_entered(name)``, then block until the
   test pushes to ``test_gate(name)``;
+- ``... pause:<name> ...`` (a later word of a generate input): the same gate, reached after the
+  words before it were streamed, so a test sees a job paused mid-generation;
 - ``crash ...``: kill the worker process (SIGKILL), as a segfaulting model would;
 - ``fail ...``: fail this job alone with ``EngineInputError``;
 - anything else: embed → 8 floats derived from the text, generate → the text echoed back one
-  word per step, classify → a fixed label.
+  word per step (a chat: every turn it saw, prefixed by the model's name), classify → a fixed
+  label.
 
 It talks to Redis for its gates, which is why it is not one of the portable engines.
 """
@@ -23,7 +26,7 @@ from collections.abc import Sequence
 import redis
 
 from infermq.errors import EngineInputError
-from infermq.jobs import TaskType
+from infermq.jobs import ChatMessage, TaskType
 from infermq.keys import RedisKeys
 from routing.registry import ModelSpec
 from workers.engines.base import Engine, EngineOutput, EngineRequest, texts_of
@@ -51,10 +54,14 @@ class TestEngine(Engine):
         return [self._run_one(request) for request in requests]
 
     def _run_one(self, request: EngineRequest) -> EngineOutput:
-        try:
-            texts = texts_of(request)
-        except Exception:
-            texts = [str(request.input)]
+        if isinstance(request.input, list) and request.input and isinstance(
+            request.input[0], ChatMessage
+        ):
+            # A chat (a session's history and this turn): answer with every turn it saw.
+            self._obey(request.input[-1].content)
+            seen = " / ".join(m.content for m in request.input)
+            return EngineOutput(output=f"[{self.spec.name}] {seen}", tokens=len(request.input))
+        texts = texts_of(request)
         outputs = []
         for text in texts:
             self._obey(text)
@@ -65,13 +72,15 @@ class TestEngine(Engine):
     def _obey(self, text: str) -> None:
         word = text.split(maxsplit=1)[0] if text.strip() else ""
         if word.startswith("gate:"):
-            name = word.removeprefix("gate:")
-            self.client.rpush(self.keys.test_gate_entered(name), text)
-            self.client.blpop([self.keys.test_gate(name)], timeout=GATE_TIMEOUT_S)
+            self._wait_at_gate(word.removeprefix("gate:"), text)
         elif word == "crash":
             os.kill(os.getpid(), signal.SIGKILL)
         elif word == "fail":
             raise EngineInputError(f"the test engine was told to fail on {text!r}")
+
+    def _wait_at_gate(self, name: str, text: str) -> None:
+        self.client.rpush(self.keys.test_gate_entered(name), text)
+        self.client.blpop([self.keys.test_gate(name)], timeout=GATE_TIMEOUT_S)
 
     def _answer(self, request: EngineRequest, text: str) -> object:
         if request.task_type == TaskType.EMBED:
@@ -81,6 +90,8 @@ class TestEngine(Engine):
             return {"label": "test", "scores": {"test": 1.0}}
         pieces = []
         for step, word in enumerate(text.split()[: request.params.max_new_tokens]):
+            if step > 0 and word.startswith("pause:"):
+                self._wait_at_gate(word.removeprefix("pause:"), text)
             piece = word if step == 0 else " " + word
             pieces.append(piece)
             if request.on_token is not None:

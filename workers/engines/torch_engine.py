@@ -8,14 +8,23 @@ CUDA and float32 on the CPU.
 ``run_batch`` checks each request's input alone first, so a malformed one fails with its own
 error and the rest run; inputs of multi-input requests are flattened into one forward pass and
 split back afterwards.
+
+Tokenizing is done ahead by ``prepare``, in the task thread that submits the job, with a private
+copy of the Rust tokenizer whose settings never change (transformers' ``tokenizer(...)``
+reconfigures the shared one on every call, which is neither fast nor safe across threads):
+the batcher's thread then only pads ids, runs the model and converts the outputs. On CUDA the
+engine decodes in fixed shapes (``static_cache``).
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from infermq.errors import (
@@ -25,11 +34,14 @@ from infermq.errors import (
     EngineUnavailable,
     JobTimedOut,
 )
-from infermq.jobs import TaskType
+from infermq.jobs import GenerationParams, TaskType
 from routing.registry import ModelSpec
 from workers.engines.base import Engine, EngineOutput, EngineRequest, chats_of, texts_of
 from workers.engines.generation import GenerationRow, final_text, generate_rows
 from workers.engines.sources import prepare_model
+from workers.engines.static_cache import PROMPT_MULTIPLE, plan_static_shape, round_up, row_bucket
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -58,7 +70,7 @@ class TorchEngine(Engine):
     """A transformers model serving one task kind on one device."""
 
     def __init__(self, spec: ModelSpec, models_dir: Path, device: str | None = None,
-                 dtype: str | None = None) -> None:
+                 dtype: str | None = None, static_shapes: bool | None = None) -> None:
         super().__init__(spec)
         kinds = {task for task in spec.task_types if task != TaskType.AUTO}
         if len(kinds) != 1:
@@ -69,8 +81,12 @@ class TorchEngine(Engine):
         self.models_dir = models_dir
         self.device = choose_device(device)
         self.dtype = choose_dtype(dtype, self.device)
+        # Fixed shapes pay on a GPU (launch-bound, shape-sensitive) and cost on a CPU, where
+        # every padded row is real arithmetic.
+        self.static_shapes = self.device.type == "cuda" if static_shapes is None else static_shapes
         self.model: Any = None
         self.tokenizer: Any = None
+        self._encoder: Any = None
         self._eos_ids: set[int] = set()
         self._max_positions = 512
 
@@ -111,6 +127,41 @@ class TorchEngine(Engine):
             self._eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
             if self.tokenizer.pad_token_id is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._encoder = self._private_encoder()
+
+    def _private_encoder(self) -> Any:
+        """A copy of the Rust tokenizer, configured once: no padding; truncation for texts."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        encoder = copy.deepcopy(backend)
+        encoder.no_padding()
+        encoder.no_truncation()
+        if self.task_type != TaskType.GENERATE:
+            encoder.enable_truncation(min(self._max_positions, self.tokenizer.model_max_length))
+        return encoder
+
+    def warm_up(self) -> None:
+        """Runs one batch per row bucket up to ``spec.max_batch_size`` when shapes are fixed.
+
+        Should fixed-shape decoding fail with this transformers version, the engine logs it
+        and decodes with a growing cache instead, rather than failing every job.
+        """
+        super().warm_up()
+        if not (self.static_shapes and self.task_type == TaskType.GENERATE):
+            return
+        rows = 1
+        while rows <= row_bucket(self.spec.max_batch_size):
+            batch = [EngineRequest(job_id="warm-up", task_type=TaskType.GENERATE, input="warm up",
+                                   params=GenerationParams(max_new_tokens=2))] * rows
+            try:
+                self.run_batch(batch)
+            except Exception as e:  # noqa: BLE001 - any failure means: do not use fixed shapes
+                log.warning("fixed-shape decoding failed on %s (%s: %s); using a growing cache",
+                            self.spec.name, type(e).__name__, e)
+                self.static_shapes = False
+                return
+            rows *= 2
 
     def unload(self) -> None:
         self.model = None
@@ -152,27 +203,61 @@ class TorchEngine(Engine):
             outputs[i] = output
         return [output for output in outputs if output is not None]
 
-    def _texts_or_errors(self, requests: Sequence[EngineRequest]
-                         ) -> tuple[list[str], list[tuple[int, int] | EngineOutput]]:
-        """Flattens every request's texts; per request, its slice of them or its error."""
-        texts: list[str] = []
+    def prepare(self, request: EngineRequest) -> None:
+        """Tokenizes the request's texts or prompts into ``request.prepared`` (or its error)."""
+        if self.model is None or request.task_type != self.task_type:
+            return
+        try:
+            if self.task_type == TaskType.GENERATE:
+                request.prepared = self._prompt_ids(request)
+            else:
+                request.prepared = self._text_ids(texts_of(request))
+        except EngineError as e:
+            request.prepared = e
+
+    def _text_ids(self, texts: list[str]) -> list[list[int]]:
+        if self._encoder is None:
+            return list(self.tokenizer(
+                texts, truncation=True,
+                max_length=min(self._max_positions, self.tokenizer.model_max_length),
+            )["input_ids"])
+        return [encoding.ids for encoding in self._encoder.encode_batch(texts)]
+
+    def _ids_or_errors(self, requests: Sequence[EngineRequest]
+                       ) -> tuple[list[list[int]], list[tuple[int, int] | EngineOutput]]:
+        """Flattens every request's token ids; per request, its slice of them or its error."""
+        ids: list[list[int]] = []
         spans: list[tuple[int, int] | EngineOutput] = []
         for request in requests:
-            try:
-                mine = texts_of(request)
-            except EngineError as e:
-                spans.append(EngineOutput(None, error=e))
+            mine = request.prepared
+            if mine is None:
+                try:
+                    mine = self._text_ids(texts_of(request))
+                except EngineError as e:
+                    mine = e
+            if isinstance(mine, EngineError):
+                spans.append(EngineOutput(None, error=mine))
                 continue
-            spans.append((len(texts), len(texts) + len(mine)))
-            texts.extend(mine)
-        return texts, spans
+            spans.append((len(ids), len(ids) + len(mine)))
+            ids.extend(mine)
+        return ids, spans
 
-    def _encode(self, texts: list[str]) -> tuple[Any, torch.Tensor]:
-        encoded = self.tokenizer(
-            texts, padding=True, truncation=True, return_tensors="pt",
-            max_length=min(self._max_positions, self.tokenizer.model_max_length))
-        encoded = encoded.to(self.device)
-        return encoded, encoded["attention_mask"]
+    def _encode(self, ids: list[list[int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Pads token ids into the model's inputs (to a multiple of 16 with fixed shapes)."""
+        longest = max(len(row) for row in ids)
+        if self.static_shapes:
+            longest = min(round_up(longest, PROMPT_MULTIPLE), self._max_positions)
+        input_ids = np.full((len(ids), longest), self.tokenizer.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(ids), longest), dtype=np.int64)
+        left = self.tokenizer.padding_side == "left"
+        for i, row in enumerate(ids):
+            where = slice(longest - len(row), longest) if left else slice(0, len(row))
+            input_ids[i, where] = row
+            mask[i, where] = 1
+        attention_mask = torch.from_numpy(mask).to(self.device)
+        encoded = {"input_ids": torch.from_numpy(input_ids).to(self.device),
+                   "attention_mask": attention_mask}
+        return encoded, attention_mask
 
     def _split(self, requests: Sequence[EngineRequest],
                spans: list[tuple[int, int] | EngineOutput], values: list[Any],
@@ -189,22 +274,22 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def _embed(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
-        texts, spans = self._texts_or_errors(requests)
-        if not texts:
+        ids, spans = self._ids_or_errors(requests)
+        if not ids:
             return self._split(requests, spans, [], [])
-        encoded, mask = self._encode(texts)
+        encoded, mask = self._encode(ids)
         hidden = self.model(**encoded).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
         vectors = torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)
-        return self._split(requests, spans, vectors.cpu().tolist(), mask.sum(dim=1).tolist())
+        return self._split(requests, spans, vectors.cpu().tolist(), [len(row) for row in ids])
 
     @torch.inference_mode()
     def _classify(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
-        texts, spans = self._texts_or_errors(requests)
-        if not texts:
+        ids, spans = self._ids_or_errors(requests)
+        if not ids:
             return self._split(requests, spans, [], [])
-        encoded, mask = self._encode(texts)
+        encoded, _ = self._encode(ids)
         probs = torch.softmax(self.model(**encoded).logits.float(), dim=-1).cpu().tolist()
         labels = [self.model.config.id2label[i] for i in range(len(probs[0]))]
         values = [
@@ -212,7 +297,7 @@ class TorchEngine(Engine):
              "scores": dict(zip(labels, row, strict=True))}
             for row in probs
         ]
-        return self._split(requests, spans, values, mask.sum(dim=1).tolist())
+        return self._split(requests, spans, values, [len(row) for row in ids])
 
     def _prompt_ids(self, request: EngineRequest) -> list[list[int]]:
         """Token ids of each prompt: chats through the chat template, when the model has one."""
@@ -228,7 +313,10 @@ class TorchEngine(Engine):
                     chat, add_generation_prompt=True, tokenize=False)
             else:
                 text = "\n".join(turn["content"] for turn in chat)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if self._encoder is not None:
+                ids = self._encoder.encode(text, add_special_tokens=False).ids
+            else:
+                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             # Keep the end of an over-long prompt: the latest turns matter most.
             prompts.append(ids[-limit:] or [self.tokenizer.pad_token_id])
         return prompts
@@ -237,10 +325,14 @@ class TorchEngine(Engine):
         rows: list[GenerationRow] = []
         spans: list[tuple[int, int] | EngineOutput] = []
         for request in requests:
-            try:
-                prompts = self._prompt_ids(request)
-            except EngineInputError as e:
-                spans.append(EngineOutput(None, error=e))
+            prompts = request.prepared
+            if prompts is None:
+                try:
+                    prompts = self._prompt_ids(request)
+                except EngineInputError as e:
+                    prompts = e
+            if isinstance(prompts, EngineError):
+                spans.append(EngineOutput(None, error=prompts))
                 continue
             params = request.params
             stream = request.on_token if not request.is_multi_input else None
@@ -249,8 +341,13 @@ class TorchEngine(Engine):
                 GenerationRow(prompt, params.max_new_tokens, params.temperature, params.top_p,
                               params.seed, stream, request.deadline_monotonic)
                 for prompt in prompts)
+        shape = None
+        if self.static_shapes and rows:
+            shape = plan_static_shape(len(rows), max(len(row.prompt_ids) for row in rows),
+                                      max(row.max_new_tokens for row in rows),
+                                      self._max_positions)
         generate_rows(self.model, self.tokenizer, rows, self.device, self._eos_ids,
-                      int(self.tokenizer.pad_token_id), self.notify_step)
+                      int(self.tokenizer.pad_token_id), self.notify_step, shape)
         outputs = self._split(requests, spans, [final_text(row, self.tokenizer) for row in rows],
                               [len(row.new_ids) for row in rows])
         for request, span, output in zip(requests, spans, outputs, strict=True):

@@ -38,10 +38,12 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import pika
 import psutil
@@ -57,6 +59,7 @@ from producer.client import Client
 from routing.registry import load_registry
 from routing.topology import build_topology
 
+T = TypeVar("T")
 OUT = Path(__file__).parent / "out"
 BARE_TASK = "bench.bare_noop"
 SERVICE_PROCESSES = {"rabbitmq": ("beam.smp",), "redis": ("redis-server",),
@@ -137,6 +140,7 @@ class Round:
     elapsed_s: float
     latencies_ms: list[float]
     cpu_ms_per_job: dict[str, float]
+    pg_sessions_per_job: float
 
     @property
     def jobs_per_s(self) -> float:
@@ -159,31 +163,53 @@ class Side:
     def median_cpu(self, process: str) -> float:
         return statistics.median(r.cpu_ms_per_job[process] for r in self.rounds)
 
-
-def cpu_seconds(processes: dict[str, list[psutil.Process]]) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by each group of processes."""
-    used: dict[str, float] = {}
-    for group, members in processes.items():
-        total = 0.0
-        for process in members:
-            with contextlib.suppress(psutil.Error):
-                times = process.cpu_times()
-                total += times.user + times.system
-        used[group] = total
-    return used
+    def median_sessions(self) -> float:
+        return statistics.median(r.pg_sessions_per_job for r in self.rounds)
 
 
-def watched_processes(worker_pid: int) -> dict[str, list[psutil.Process]]:
-    """This process (the submitters), the side's worker, and the shared services (whose CPU
-    also counts other users of this machine's services)."""
+CpuSnapshot = dict[str, dict[int, float]]
+
+
+def cpu_snapshot(worker_pid: int) -> CpuSnapshot:
+    """CPU seconds used so far per process, grouped: this process (the submitters), the side's
+    worker, and the shared services (which also serve other users of this machine).
+
+    A process's figure includes its reaped children, so PostgreSQL backends that ended during
+    the round still count (through the postmaster).
+    """
     groups: dict[str, list[psutil.Process]] = {
         "submitters": [psutil.Process()], "worker": [psutil.Process(worker_pid)]}
     for group, names in SERVICE_PROCESSES.items():
         groups[group] = [p for p in psutil.process_iter(["name"]) if p.info["name"] in names]
-    return groups
+    snapshot: CpuSnapshot = {}
+    for group, members in groups.items():
+        snapshot[group] = {}
+        for process in members:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                snapshot[group][process.pid] = (times.user + times.system
+                                                + times.children_user + times.children_system)
+    return snapshot
 
 
-def measure(side: Side, submitters: int, duration_s: float) -> Round:
+def cpu_used_s(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
+    """CPU seconds per group between two snapshots (processes born in between count whole)."""
+    return {group: sum(value - before.get(group, {}).get(pid, 0.0)
+                       for pid, value in pids.items())
+            for group, pids in after.items()}
+
+
+def pg_sessions_opened(database_url: str) -> int:
+    """Sessions PostgreSQL has opened on the database so far (pg_stat_database, PG >= 14)."""
+    import psycopg
+
+    with psycopg.connect(database_url.replace("+psycopg", "", 1), autocommit=True) as c:
+        row = c.execute("SELECT sessions FROM pg_stat_database "
+                        "WHERE datname = current_database()").fetchone()
+    return int(row[0]) if row else 0
+
+
+def measure(side: Side, submitters: int, duration_s: float, database_url: str) -> Round:
     """Runs ``submitters`` threads doing round trips for ``duration_s``; counts those that
     ended inside the window."""
     stop = threading.Event()
@@ -210,13 +236,14 @@ def measure(side: Side, submitters: int, duration_s: float) -> Round:
     threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(submitters)]
     for thread in threads:
         thread.start()
-    groups = watched_processes(side.worker.pid)
-    cpu_before = cpu_seconds(groups)
+    cpu_before = cpu_snapshot(side.worker.pid)
+    sessions_before = pg_sessions_opened(database_url)
     start.wait()
     window.append(time.perf_counter())
     time.sleep(duration_s)
     window.append(time.perf_counter())
-    cpu_after = cpu_seconds(groups)
+    cpu_used = cpu_used_s(cpu_before, cpu_snapshot(side.worker.pid))
+    sessions = pg_sessions_opened(database_url) - sessions_before - 2  # our own two
     stop.set()
     for thread in threads:
         thread.join(timeout=120)
@@ -226,7 +253,8 @@ def measure(side: Side, submitters: int, duration_s: float) -> Round:
               if window[0] <= ended <= window[1]]
     jobs = max(len(inside), 1)
     return Round(side.name, len(inside), window[1] - window[0], inside,
-                 {g: (cpu_after[g] - cpu_before[g]) * 1000 / jobs for g in groups})
+                 {group: used * 1000 / jobs for group, used in cpu_used.items()},
+                 sessions / jobs)
 
 
 def run_round_trips(side: Side, count: int, timeout_s: float) -> None:
@@ -349,10 +377,11 @@ def run(args: argparse.Namespace) -> None:
             for side in sides:
                 run_round_trips(side, 3, timeout_s=120)
             for side in sides:
-                measure(side, args.submitters, args.warmup_s)
+                measure(side, args.submitters, args.warmup_s, settings.database_url)
             for number in range(args.rounds):
                 for side in sides if number % 2 == 0 else reversed(sides):
-                    side.rounds.append(measure(side, args.submitters, args.round_s))
+                    side.rounds.append(measure(side, args.submitters, args.round_s,
+                                               settings.database_url))
                     last = side.rounds[-1]
                     print(f"round {number + 1} {side.name:12s} {last.jobs_per_s:8.1f} jobs/s "
                           f"(p50 {statistics.median(last.latencies_ms):.1f} ms)", flush=True)
@@ -386,6 +415,8 @@ def report(sides: list[Side], args: argparse.Namespace) -> None:
                 f"{side.median_latency_ms():7.1f} {p99:7.1f}")
         line += "".join(f" {side.median_cpu(g):10.2f}" for g in groups)
         print(line)
+    print(f"PostgreSQL sessions opened per job (pool churn; whole database): "
+          f"bare {bare.median_sessions():.2f}, infermq {ours.median_sessions():.2f}")
     print(f"ratio infermq / bare Celery: {ratio:.2f}x (goal >= 0.80x)")
     print(f"per-job overhead: {overhead_ms:.2f} ms of throughput time "
           f"(1/rate difference), {latency_overhead_ms:.1f} ms of median latency")
@@ -469,7 +500,7 @@ def run_breakdown(args: argparse.Namespace) -> None:
         phases = {name: [0.0, 0.0] for name in ("submit", "worker runner", "result")}
         profiler = cProfile.Profile()
 
-        def timed(name: str, call: Callable[[], object]) -> object:
+        def timed(name: str, call: Callable[[], T]) -> T:
             wall, cpu = time.perf_counter(), time.process_time()
             profiler.enable()
             try:
@@ -485,14 +516,14 @@ def run_breakdown(args: argparse.Namespace) -> None:
                     counts.clear()
                     phases = {name: [0.0, 0.0] for name in phases}
                     profiler = cProfile.Profile()
-                handle = timed("submit", lambda i=i: client.submit("embed", f"breakdown {i}"))
+                handle = timed("submit", partial(client.submit, "embed", f"breakdown {i}"))
                 method, _properties, body = channel.basic_get(queue)
                 if method is None:
                     raise SystemExit(f"job message not found on {queue}")
                 payload = json.loads(body)[1]["message"]
-                timed("worker runner", lambda payload=payload: runtime.runner.run(payload))
+                timed("worker runner", partial(runtime.runner.run, payload))
                 channel.basic_ack(method.delivery_tag)
-                timed("result", lambda handle=handle: handle.result(timeout_s=10))  # type: ignore[attr-defined]
+                timed("result", partial(handle.result, timeout_s=10))
         finally:
             with contextlib.suppress(Exception):
                 connection.close()

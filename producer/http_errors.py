@@ -74,13 +74,15 @@ def error_response(error: InfermqError) -> JSONResponse:
 
 
 async def infermq_error_handler(_request: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, InfermqError)
+    if not isinstance(error, InfermqError):  # registered for this class only
+        raise error
     return error_response(error)
 
 
 async def validation_error_handler(_request: Request, error: Exception) -> JSONResponse:
     """A body that fails validation is a 400 with the first offending field as ``param``."""
-    assert isinstance(error, RequestValidationError)
+    if not isinstance(error, RequestValidationError):  # registered for this class only
+        raise error
     problems = error.errors()
     described = "; ".join(
         f"{'.'.join(str(p) for p in item['loc'][1:]) or 'body'}: {item['msg']}"
@@ -92,7 +94,8 @@ async def validation_error_handler(_request: Request, error: Exception) -> JSONR
 
 
 async def http_error_handler(_request: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, StarletteHTTPException)
-    return JSONResponse(error_body(str(error.detail), error.status_code,
-                                   snake_case(type(error).__name__)),
+    if not isinstance(error, StarletteHTTPException):  # registered for this class only
+        raise error
+    code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    return JSONResponse(error_body(str(error.detail), error.status_code, code),
                         error.status_code, headers=error.headers)

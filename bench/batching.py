@@ -5,7 +5,9 @@ For each task, three ways to run the same kind of jobs on the same engine:
   (a) one job at a time: ``engine.run_batch([job])`` in a loop, one input per job, as a worker
       without batching would;
   (b) the batcher fed by many submitter threads, each submitting a job and waiting on its
-      future like a worker's task slot (the worker's code path, in-process);
+      future like a worker's task slot (the worker's code path, in-process), tokenizing in the
+      batcher's thread; (b') the same with ``prepare_ahead`` (the worker's default: the engine
+      tokenizes texts in the submitting threads; generate prompts stay inline);
   (c) the engine called directly with ready-made batches, at the best of several batch sizes:
       the limit, with no queueing at all.
 
@@ -53,7 +55,7 @@ PRESETS: dict[str, dict[str, object]] = {
                 max_new_tokens=16, embed_sizes="16,32,64,128", gen_sizes="4,8,16,32"),
     "gpu": dict(embed_source="random:minilm-l6", gen_source="random:gpt2-medium",
                 dtype="float16", threads=0, embed_batch=2048, embed_inputs_per_job=32,
-                embed_jobs=2560, embed_single=300, gen_batch=256, gen_jobs=2048, gen_single=4,
+                embed_jobs=2560, embed_single=300, gen_batch=256, gen_jobs=4096, gen_single=4,
                 max_new_tokens=64, embed_sizes="512,1024,2048,4096", gen_sizes="128,256"),
 }
 
@@ -141,9 +143,10 @@ def one_at_a_time(engine: TorchEngine, requests: Sequence[EngineRequest], clock:
 
 
 def through_batcher(engine: TorchEngine, requests: Sequence[EngineRequest], batch_inputs: int,
-                    max_wait_ms: float, submitters: int, clock: EngineClock
-                    ) -> list[tuple[EngineRequest, EngineOutput]]:
-    batcher = Batcher(engine, max_batch_size=batch_inputs, max_wait_ms=max_wait_ms, hooks=clock)
+                    max_wait_ms: float, submitters: int, clock: EngineClock,
+                    prepare_ahead: bool = False) -> list[tuple[EngineRequest, EngineOutput]]:
+    batcher = Batcher(engine, max_batch_size=batch_inputs, max_wait_ms=max_wait_ms, hooks=clock,
+                      prepare_ahead=prepare_ahead)
     batcher.start()
     queue = iter(requests)
     lock = threading.Lock()
@@ -192,9 +195,10 @@ def measure(task: str, engine: TorchEngine, make: Callable[[int, int], EngineReq
     engine.run_batch([make(i, per_job) for i in range(max(1, batch_inputs // per_job))])
     rows = [timed(task, "(a) one at a time", lambda clock: one_at_a_time(
         engine, [make(i, 1) for i in range(single)], clock))]
-    rows.append(timed(task, "(b) batcher", lambda clock: through_batcher(
-        engine, [make(i, per_job) for i in range(jobs)], batch_inputs, max_wait_ms, submitters,
-        clock)))
+    for mode, ahead in (("(b) batcher, inline", False), ("(b') batcher, prepare ahead", True)):
+        rows.append(timed(task, mode, lambda clock, ahead=ahead: through_batcher(  # type: ignore[misc]
+            engine, [make(i, per_job) for i in range(jobs)], batch_inputs, max_wait_ms,
+            submitters, clock, ahead)))
     # Fresh requests: offline, the engine tokenizes inline (nobody prepared them ahead).
     limits = [timed(task, f"(c) offline @{size}", lambda clock, size=size: offline(  # type: ignore[misc]
         engine, [make(i, per_job) for i in range(jobs)], size, clock)) for size in sizes]
@@ -206,21 +210,24 @@ def measure(task: str, engine: TorchEngine, make: Callable[[int, int], EngineReq
 
 
 def print_table(rows: list[Row]) -> None:
-    print(f"\n{'task':9} {'mode':22} {'jobs':>6} {'inputs':>7} {'s':>7} {'jobs/s':>10} "
+    print(f"\n{'task':9} {'mode':28} {'jobs':>6} {'inputs':>7} {'s':>7} {'jobs/s':>10} "
           f"{'inputs/s':>10} {'tokens/s':>11} {'calls':>6} {'in/call':>8} {'s/call':>7} "
           f"{'busy':>5}")
     for row in rows:
         calls = max(1, row.batches)
-        print(f"{row.task:9} {row.mode:22} {row.jobs:6d} {row.inputs:7d} {row.seconds:7.2f} "
+        print(f"{row.task:9} {row.mode:28} {row.jobs:6d} {row.inputs:7d} {row.seconds:7.2f} "
               f"{row.jobs_per_s:10.1f} {row.inputs_per_s:10.1f} {row.tokens_per_s:11.1f} "
               f"{row.batches:6d} {row.inputs / calls:8.1f} {row.engine_s / calls:7.3f} "
               f"{row.engine_s / row.seconds:5.0%}")
     print("\nratios on tokens/s (inputs/s in brackets):")
     for task, group in itertools.groupby(rows, key=lambda row: row.task):
-        a, b, c = list(group)
-        print(f"  {task:9} (b)/(a) = {b.tokens_per_s / a.tokens_per_s:7.2f} "
-              f"[{b.inputs_per_s / a.inputs_per_s:7.2f}]   (b)/(c) = "
-              f"{b.tokens_per_s / c.tokens_per_s:5.2f} [{b.inputs_per_s / c.inputs_per_s:5.2f}]")
+        a, *batched, c = list(group)
+        for b in batched:
+            name = b.mode.split(" ")[0]
+            print(f"  {task:9} {name}/(a) = {b.tokens_per_s / a.tokens_per_s:7.2f} "
+                  f"[{b.inputs_per_s / a.inputs_per_s:7.2f}]   {name}/(c) = "
+                  f"{b.tokens_per_s / c.tokens_per_s:5.2f} "
+                  f"[{b.inputs_per_s / c.inputs_per_s:5.2f}]")
 
 
 def plot(rows: list[Row], path: Path, title: str) -> None:
@@ -233,8 +240,9 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4))
     for axis, task in zip(axes, tasks, strict=True):
         mine = [row for row in rows if row.task == task]
-        axis.bar([row.mode.split(" @")[0] for row in mine], [row.tokens_per_s for row in mine],
-                 color=["#999999", "#1f77b4", "#2ca02c"])
+        axis.bar([row.mode.split(" @")[0].split(",")[0].replace("batcher", "batch")
+                  for row in mine], [row.tokens_per_s for row in mine],
+                 color=["#999999", "#1f77b4", "#aec7e8", "#2ca02c"])
         axis.set_yscale("log")
         axis.set_title(f"{task}: tokens/s")
         for i, row in enumerate(mine):

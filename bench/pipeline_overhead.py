@@ -243,7 +243,7 @@ def measure(side: Side, submitters: int, duration_s: float, database_url: str) -
     time.sleep(duration_s)
     window.append(time.perf_counter())
     cpu_used = cpu_used_s(cpu_before, cpu_snapshot(side.worker.pid))
-    sessions = pg_sessions_opened(database_url) - sessions_before - 2  # our own two
+    sessions = pg_sessions_opened(database_url) - sessions_before - 1  # its own session
     stop.set()
     for thread in threads:
         thread.join(timeout=120)
@@ -476,6 +476,7 @@ BREAKDOWN_FUNCTIONS = [
 def count_database_calls(engine: Engine, counts: Counter[str]) -> None:
     """Counts checkouts (each one a pre-ping round trip), statements and commits."""
     event.listen(engine.pool, "checkout", lambda *_: counts.update(["checkouts (pings)"]))
+    event.listen(engine.pool, "connect", lambda *_: counts.update(["new connections"]))
     event.listen(engine, "before_cursor_execute",
                  lambda *_: counts.update(["statements"]))
     event.listen(engine, "commit", lambda *_: counts.update(["commits"]))
@@ -500,37 +501,46 @@ def run_breakdown(args: argparse.Namespace) -> None:
         phases = {name: [0.0, 0.0] for name in ("submit", "worker runner", "result")}
         profiler = cProfile.Profile()
 
-        def timed(name: str, call: Callable[[], T]) -> T:
+        def timed(name: str, call: Callable[[], T], profiled: bool) -> T:
             wall, cpu = time.perf_counter(), time.process_time()
-            profiler.enable()
+            if profiled:
+                profiler.enable()
             try:
                 return call()
             finally:
-                profiler.disable()
-                phases[name][0] += time.perf_counter() - wall
-                phases[name][1] += time.process_time() - cpu
+                if profiled:
+                    profiler.disable()
+                else:
+                    phases[name][0] += time.perf_counter() - wall
+                    phases[name][1] += time.process_time() - cpu
 
+        jobs = args.breakdown
+        # Warm-up, then JOBS jobs timed without the profiler, then JOBS jobs under cProfile.
+        plan = [("warm-up", 20), ("timed", jobs), ("profiled", jobs)]
         try:
-            for i in range(args.breakdown + 20):
-                if i == 20:  # warm-up done: count from here
+            for stage, count in plan:
+                if stage == "timed":
                     counts.clear()
                     phases = {name: [0.0, 0.0] for name in phases}
-                    profiler = cProfile.Profile()
-                handle = timed("submit", partial(client.submit, "embed", f"breakdown {i}"))
-                method, _properties, body = channel.basic_get(queue)
-                if method is None:
-                    raise SystemExit(f"job message not found on {queue}")
-                payload = json.loads(body)[1]["message"]
-                timed("worker runner", partial(runtime.runner.run, payload))
-                channel.basic_ack(method.delivery_tag)
-                timed("result", partial(handle.result, timeout_s=10))
+                for i in range(count):
+                    profiled = stage == "profiled"
+                    handle = timed("submit", partial(client.submit, "embed",
+                                                     f"breakdown {stage} {i}"), profiled)
+                    method, _properties, body = channel.basic_get(queue)
+                    if method is None:
+                        raise SystemExit(f"job message not found on {queue}")
+                    payload = json.loads(body)[1]["message"]
+                    timed("worker runner", partial(runtime.runner.run, payload), profiled)
+                    channel.basic_ack(method.delivery_tag)
+                    timed("result", partial(handle.result, timeout_s=10), profiled)
+                if stage == "timed":
+                    database_calls = Counter(counts)
         finally:
             with contextlib.suppress(Exception):
                 connection.close()
             client.close()
             runtime.stop()
             delete_queues(settings, [])
-    jobs = args.breakdown
     print(f"\none job at a time, {jobs} jobs, in one process (no Celery, no contention)")
     print(f"{'phase':44s} {'wall ms/job':>11s} {'CPU ms/job':>11s}")
     for name, (wall, cpu) in phases.items():
@@ -550,7 +560,7 @@ def run_breakdown(args: argparse.Namespace) -> None:
         print(f"\nmost CPU by function (self time), top {args.breakdown_top}:")
         pstats.Stats(profiler).sort_stats("tottime").print_stats(args.breakdown_top)
     print("\nPostgreSQL per job: " + ", ".join(
-        f"{name} {value / jobs:.1f}" for name, value in sorted(counts.items())))
+        f"{name} {value / jobs:.1f}" for name, value in sorted(database_calls.items())))
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
+from infermq.cache import CacheEntry, ExactCache
 from infermq.connections import get_binary_redis, get_redis
 from infermq.database import get_engine
 from infermq.errors import (
@@ -56,6 +57,7 @@ class Client:
             self.settings, self.engine, get_binary_redis(self.settings)
         )
         self.turns = TurnGate(self.sessions)
+        self.cache = ExactCache(get_binary_redis(self.settings), self.keys, self.registry)
 
     def validate(self, task_type: str, input: Any, **fields: Any) -> tuple[JobRequest, str]:
         """The validated request and the model that will run it.
@@ -117,7 +119,31 @@ class Client:
             timeout_s=request.timeout_s or self.settings.default_timeout_s,
             submitted_at=utcnow(),
         )
+        entry = self.cache.lookup(request, self.registry.models[model])
+        if entry is not None:
+            return self._answer_from_cache(message, entry, request.idempotency_key, tenant)
         return self.publish(message, request.idempotency_key, tenant)
+
+    def _answer_from_cache(
+        self, message: JobMessage, entry: CacheEntry, idempotency_key: str | None,
+        tenant: str | None,
+    ) -> JobHandle:
+        """Records a job answered by the exact cache tier at submit: done, nothing published."""
+        result = JobResult(job_id=message.job_id, status=JobStatus.DONE, model=entry.model,
+                           output=entry.output, cache="exact",
+                           cache_source_job=entry.source_job_id, cache_similarity=1.0,
+                           latency_ms=0.0)
+        try:
+            with self.engine.begin() as connection:
+                existing = insert_submitting(connection, message, idempotency_key, tenant)
+                if existing is not None:
+                    return JobHandle(self, existing.id)
+                set_status(connection, message.job_id, JobStatus.DONE,
+                           result=result.model_dump(mode="json"), cache="exact")
+        except OperationalError as e:
+            raise database_unavailable(self.engine, e) from e
+        self.state.write_result(result)
+        return JobHandle(self, message.job_id)
 
     def publish(
         self, message: JobMessage, idempotency_key: str | None = None, tenant: str | None = None

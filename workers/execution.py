@@ -24,6 +24,7 @@ from infermq.outbox import record_webhook, untried_webhooks
 from infermq.results import JobStateStore
 from infermq.sessions import SessionContext
 from infermq.settings import Settings
+from workers.cache_steps import CacheSteps
 from workers.engines.base import EngineOutput, EngineRequest
 from workers.session_steps import SessionSteps, Turn
 
@@ -51,6 +52,7 @@ class JobRunner:
         self.state = state
         self.submit_to_engine = submit_to_engine
         self.sessions = SessionSteps(settings, database)
+        self.cache = CacheSteps(settings)
         # Set by the worker entry point when it registers webhook delivery (workers/webhooks.py).
         self.send_webhook: Callable[[int], None] | None = None
 
@@ -94,6 +96,9 @@ class JobRunner:
                 raise DeadLetter(f"job {message.job_id} failed: {e}") from e
         self.state.mark_status(message.job_id, JobStatus.RUNNING)
         started = time.monotonic()
+        cached = self.cache.lookup(message)
+        if cached is not None:
+            return self._commit(message, cached.result_for(message, started), turn)
         try:
             output = self._run_engine(message, turn)
         except EngineError as e:
@@ -140,6 +145,8 @@ class JobRunner:
                 self.sessions.record_turn(connection, message, turn, context)
             outbox_id = record_webhook(connection, result) if changed else None
         self.state.write_result(result)
+        if changed and result.cache == "miss":
+            self.cache.store(message, result.output)
         if turn is not None:
             self.sessions.after_commit(turn.session_id, context)
         self._send_webhooks([outbox_id] if outbox_id is not None else [])

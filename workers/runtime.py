@@ -9,9 +9,12 @@ from __future__ import annotations
 import logging
 from concurrent.futures import Future
 
+import numpy as np
+
 from infermq.connections import get_redis
 from infermq.database import get_engine
 from infermq.errors import ConfigError
+from infermq.jobs import TaskType
 from infermq.keys import RedisKeys
 from infermq.results import JobStateStore
 from infermq.settings import Settings
@@ -83,6 +86,24 @@ class WorkerRuntime:
             batcher.start()
             self.batchers[spec.name] = batcher
             log.info("model %s is ready", spec.name)
+        self._enable_semantic_cache()
+
+    def _enable_semantic_cache(self) -> None:
+        """The semantic cache tier needs an embedder: the first real embedding model served
+        here (the test and noop engines' vectors mean nothing)."""
+        for spec in self.specs:
+            if TaskType.EMBED in spec.task_types and spec.engine in ("torch", "vllm"):
+                name = spec.name
+
+                def embed(texts: list[str], name: str = name) -> np.ndarray:
+                    request = EngineRequest(job_id="semantic-cache", task_type=TaskType.EMBED,
+                                            input=list(texts), priority=9)
+                    return np.asarray(self.submit(name, request).result().output,
+                                      dtype=np.float32)
+
+                self.runner.cache.use_embedder(embed)
+                log.info("semantic cache tier on, embedding with %s", name)
+                return
 
     def submit(self, model: str, request: EngineRequest) -> Future[EngineOutput]:
         return self.batchers[model].submit(request)

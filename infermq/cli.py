@@ -18,6 +18,8 @@ app = typer.Typer(help="infermq: prioritized, batched, cached model inference ov
 dead_app = typer.Typer(help="Inspect and replay jobs in the dead-letter queue.",
                        no_args_is_help=True)
 app.add_typer(dead_app, name="dead")
+session_app = typer.Typer(help="List, inspect and close sessions.", no_args_is_help=True)
+app.add_typer(session_app, name="session")
 console = Console()
 
 
@@ -217,6 +219,69 @@ def flower(
     celery_app = create_app(get_settings())
     # Celery.start takes the arguments after the program name (``celery``).
     celery_app.start(argv)
+
+
+@app.command()
+def beat() -> None:
+    """Run Celery beat: the periodic session sweep (one beat per deployment)."""
+    from workers.maintenance import run_beat
+
+    settings = get_settings()
+    run_beat(settings, settings.session_sweep_every_s)
+
+
+def _session_store() -> Any:
+    from infermq.connections import get_binary_redis
+    from infermq.database import get_engine
+    from infermq.session_store import SessionStore
+
+    settings = get_settings()
+    return SessionStore.from_settings(settings, get_engine(settings), get_binary_redis(settings))
+
+
+@session_app.command("list")
+def session_list(
+    state: Annotated[str | None, typer.Option(help="INIT | ACTIVE | SLEEP | TERMINATED")] = None,
+    limit: Annotated[int, typer.Option()] = 50,
+) -> None:
+    """List sessions, newest activity first."""
+    from infermq.sessions import SessionState
+
+    try:
+        wanted = SessionState(state.upper()) if state else None
+    except ValueError:
+        _fail(InfermqError(f"unknown state {state!r}: use INIT, ACTIVE, SLEEP or TERMINATED"))
+        return
+    table = Table("session", "state", "turns", "models", "last active")
+    for record in _session_store().list_sessions(state=wanted, limit=limit):
+        table.add_row(record.id, record.state.value, str(record.turns),
+                      ", ".join(str(m.get("model")) for m in record.model_history),
+                      str(record.last_active_at))
+    console.print(table)
+
+
+@session_app.command("show")
+def session_show(session_id: str) -> None:
+    """Print one session as JSON."""
+    try:
+        record = _session_store().get(session_id)
+    except InfermqError as e:
+        _fail(e)
+        return
+    print(json.dumps({"id": record.id, "state": record.state.value, "turns": record.turns,
+                      "model_history": record.model_history, "version": record.version,
+                      "last_active_at": str(record.last_active_at)}, indent=2))
+
+
+@session_app.command("close")
+def session_close(session_id: str) -> None:
+    """Terminate a session; its later jobs are refused."""
+    try:
+        record = _session_store().close(session_id)
+    except InfermqError as e:
+        _fail(e)
+        return
+    console.print(f"session {record.id} is {record.state.value}")
 
 
 @app.command()

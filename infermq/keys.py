@@ -64,6 +64,10 @@ class RedisKeys:
     def session_lock(self, session_id: str) -> str:
         return f"{self.prefix}:session:{session_id}:lock"
 
+    def sweep_lock(self) -> str:
+        """Held while a session sweep runs, so two never overlap."""
+        return f"{self.prefix}:session:sweep-lock"
+
     def session_index(self) -> str:
         """The sorted set of context keys held in Redis, scored by use (LFU eviction)."""
         return f"{self.prefix}:session:lfu"
@@ -138,3 +142,6 @@ ROUTE_JOB_TASK = "infermq.route_job"
 
 DELIVER_WEBHOOK_TASK = "infermq.deliver_webhook"
 """The Celery task that POSTs a finished job to its webhook URL."""
+
+SWEEP_SESSIONS_TASK = "infermq.sweep_sessions"
+"""The periodic Celery task (sent by ``infermq beat``) that sleeps and ends idle sessions."""

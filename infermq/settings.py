@@ -99,6 +99,8 @@ class Settings(BaseSettings):
         default=3600.0, gt=0, description="after this long past the job's end, stop retrying"
     )
 
+    session_sweep_every_s: float = Field(default=60.0, gt=0, description="infermq beat period")
+
     test_hooks: bool = Field(
         default=False, description="enables the gates of the test engine; never in production"
     )

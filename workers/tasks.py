@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 from infermq.errors import ServiceUnavailable
 from infermq.keys import RUN_JOB_TASK
 from workers.execution import DeadLetter
+from workers.maintenance import register_maintenance_tasks
 from workers.runtime import WorkerRuntime
 from workers.session_steps import TurnNotReady
 from workers.webhooks import register_webhook_task
@@ -29,6 +30,7 @@ MAX_TRANSIENT_RETRIES = 5
 def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
     """Registers the worker's tasks on ``app``, bound to ``runtime``."""
     runtime.runner.send_webhook = register_webhook_task(app, runtime.settings)
+    register_maintenance_tasks(app, runtime.settings)
 
     @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, ignore_result=True)
     def run_job(self: Task, message: dict[str, Any]) -> None:

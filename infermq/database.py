@@ -21,12 +21,17 @@ def get_engine(settings: Settings) -> Engine:
             connect_args = {"connect_timeout": 5}
             if settings.database_schema:
                 connect_args["options"] = f"-csearch_path={settings.database_schema}"  # type: ignore[assignment]
+            # A pool as large as the threads that use it (worker slots, submitters): opening
+            # connections per job cost more PostgreSQL CPU than the jobs' own statements. No
+            # pre-ping round trip per checkout: a dropped connection fails one statement, which
+            # callers treat as transient (the worker retries the job).
             engine = create_engine(
                 settings.database_url,
                 connect_args=connect_args,
-                pool_size=10,
-                max_overflow=20,
-                pool_pre_ping=True,
+                pool_size=max(10, settings.worker_slots + 4),
+                max_overflow=64,
+                pool_pre_ping=False,
+                pool_recycle=1800,
             )
             _engines[key] = engine
         return engine

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, Text, case, cast, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import OperationalError
 
@@ -31,6 +31,7 @@ class JobRow:
     error: str | None
     tenant: str | None
     created_at: datetime
+    route_reason: str | None = None
 
 
 def _row(record: Any) -> JobRow:
@@ -44,6 +45,7 @@ def _row(record: Any) -> JobRow:
         error=record.error,
         tenant=record.tenant,
         created_at=record.created_at,
+        route_reason=record.route_reason,
     )
 
 
@@ -82,13 +84,17 @@ def insert_submitting(
     statement = pg_insert(jobs).values(**values)
     if idempotency_key is not None:
         statement = statement.on_conflict_do_nothing(index_elements=["idempotency_key"])
-    inserted = connection.execute(statement.returning(jobs.c.id)).first()
-    if inserted is None:
+    inserted = statement.returning(jobs.c.id).cte("inserted")
+    recorded = connection.execute(
+        insert(job_transitions)
+        .from_select(["job_id", "status"], select(inserted.c.id, literal("submitting")))
+        .returning(job_transitions.c.job_id)
+    ).first()
+    if recorded is None:
         existing = connection.execute(
             select(jobs).where(jobs.c.idempotency_key == idempotency_key)
         ).one()
         return _row(existing)
-    connection.execute(insert(job_transitions).values(job_id=message.job_id, status="submitting"))
     return None
 
 
@@ -116,13 +122,27 @@ def set_status(
         values["cache"] = cache
     if status.is_final:
         values["finished_at"] = _now()
-    changed = connection.execute(statement.values(**values).returning(jobs.c.id)).first()
-    if changed is None:
-        return False
-    connection.execute(
-        insert(job_transitions).values(job_id=job_id, status=status.value, detail=error)
-    )
-    return True
+    # One round trip: the update and its transition row in a data-modifying CTE.
+    changed = statement.values(**values).returning(jobs.c.id).cte("changed")
+    recorded = connection.execute(
+        insert(job_transitions)
+        .from_select(
+            ["job_id", "status", "detail"],
+            select(changed.c.id, literal(status.value), literal(error, Text)),
+        )
+        .returning(job_transitions.c.job_id)
+    ).first()
+    return recorded is not None
+
+
+def record_route(connection: Connection, job_id: str, model: str, reason: str) -> bool:
+    """Records where the router sent a job of task type ``auto`` and why (the model column
+    then names the model that runs it); returns whether a row has this id."""
+    changed = connection.execute(
+        update(jobs).where(jobs.c.id == job_id)
+        .values(model=model, route_reason=reason, updated_at=_now()).returning(jobs.c.id)
+    ).first()
+    return changed is not None
 
 
 def begin_attempt(connection: Connection, job_id: str) -> JobRow | None:
@@ -131,28 +151,37 @@ def begin_attempt(connection: Connection, job_id: str) -> JobRow | None:
     Counting happens before the engine runs, so a job that kills its worker is counted too.
     Returns None when no row has this id.
     """
-    running_from = [s.value for s in (JobStatus.SUBMITTING, JobStatus.QUEUED, JobStatus.RUNNING)]
-    record = connection.execute(
+    runnable = jobs.c.status.in_(
+        [s.value for s in (JobStatus.SUBMITTING, JobStatus.QUEUED, JobStatus.RUNNING)]
+    )
+    now = _now()
+    # One round trip: count the attempt, move a runnable job to running, record the transition.
+    counted = (
         update(jobs)
         .where(jobs.c.id == job_id)
-        .values(attempts=jobs.c.attempts + 1, updated_at=_now())
-        .returning(jobs)
+        .values(
+            attempts=jobs.c.attempts + 1,
+            updated_at=now,
+            status=case((runnable, JobStatus.RUNNING.value), else_=jobs.c.status),
+            started_at=case((runnable, now), else_=jobs.c.started_at),
+        )
+        .returning(*jobs.c)
+        .cte("counted")
+    )
+    recorded = (
+        insert(job_transitions)
+        .from_select(
+            ["job_id", "status", "detail"],
+            select(counted.c.id, counted.c.status,
+                   literal("attempt ") + cast(counted.c.attempts, Text))
+            .where(counted.c.status == JobStatus.RUNNING.value),
+        )
+        .cte("recorded")
+    )
+    record = connection.execute(
+        select(counted).add_cte(recorded)
     ).first()
-    if record is None:
-        return None
-    row = _row(record)
-    if row.status.value in running_from:
-        connection.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id)
-            .values(status=JobStatus.RUNNING.value, started_at=_now())
-        )
-        connection.execute(
-            insert(job_transitions).values(
-                job_id=job_id, status="running", detail=f"attempt {row.attempts}"
-            )
-        )
-    return row
+    return _row(record) if record is not None else None
 
 
 def get_job(engine: Engine, job_id: str, tenant: str | None = None) -> JobRow:

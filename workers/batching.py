@@ -83,7 +83,7 @@ class BatcherHooks:
 
 @dataclass(order=True)
 class PendingRequest:
-    """A submitted request as the selection sees it: ordered by priority, then arrival."""
+    """A submitted request as the selection sees it, ordered by ``urgency_key``."""
 
     sort_key: tuple[float, int]
     request: EngineRequest = field(compare=False)

@@ -21,6 +21,22 @@ SHIPPED_REGISTRY = Path(__file__).with_name("models.toml")
 EngineName = Literal["torch", "vllm", "noop", "test", "openai"]
 
 
+class RemoteEndpoint(BaseModel):
+    """Where an ``openai`` engine model is served: an OpenAI-compatible HTTP endpoint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str = Field(pattern=r"^https?://", description="up to and including /v1")
+    model: str = Field(min_length=1, description="the model name the server knows")
+    api_key_env: str | None = Field(
+        default=None, description="environment variable holding the API key (never the key)"
+    )
+    timeout_s: float = Field(default=30.0, gt=0, description="one HTTP attempt")
+    max_concurrency: int = Field(default=8, ge=1, description="requests in flight at once")
+    max_retries: int = Field(default=2, ge=0, description="retries after the first attempt")
+    backoff_s: float = Field(default=0.5, ge=0, description="first retry's wait; doubles")
+
+
 class ModelSpec(BaseModel):
     """One model as the registry describes it."""
 
@@ -43,6 +59,20 @@ class ModelSpec(BaseModel):
     traffic_share: float = Field(
         default=0.0, ge=0.0, le=1.0, description="share of canary_of's routed jobs sent here"
     )
+    remote: RemoteEndpoint | None = Field(
+        default=None, description="the endpoint of an engine = \"openai\" model"
+    )
+
+    @model_validator(mode="after")
+    def _remote_only_with_openai(self) -> ModelSpec:
+        if (self.engine == "openai") != (self.remote is not None):
+            raise ValueError(
+                f"model {self.name!r}: engine = \"openai\" and a [models.{self.name}.remote] "
+                "table (base_url, model) go together"
+            )
+        if self.name == "auto":
+            raise ValueError("no model may be named 'auto': it marks a job the router places")
+        return self
 
     @model_validator(mode="after")
     def _share_only_with_canary(self) -> ModelSpec:

@@ -1,6 +1,7 @@
 """Cache benchmark: paraphrase hit rate vs near-miss wrong-answer rate, and lookup latency.
 
-Methods, on the tuning and the held-out split separately (bench/data/pairs_*.jsonl):
+Methods, on the tuning, dev and held-out splits separately (bench/data/pairs_*.jsonl; the
+guard was tuned on tuning, checked on dev while tuning, and held-out is reported once):
   (a) md5      MD5 of the raw text (the seeds' baseline);
   (b) cosine   GPTCache-style: cosine >= threshold alone, at its best-F1 threshold (chosen on
                the tuning split) and at 0.8;
@@ -151,7 +152,7 @@ def delete_prefix(client: redis.Redis, prefix: str) -> None:
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     splits = {s: read_pairs(ROOT / "bench" / "data" / f"pairs_{s}.jsonl")
-              for s in ("tuning", "heldout")}
+              for s in ("tuning", "dev", "heldout")}
     embed = embedder()
     texts = sorted({t for rows in splits.values() for r in rows for t in (r["a"], r["b"])})
     started = time.perf_counter()
@@ -205,7 +206,7 @@ def print_table(results: dict[tuple[str, str], dict[str, float]]) -> None:
 def plot(results: dict[tuple[str, str], dict[str, float]]) -> None:
     fig, ax = plt.subplots(figsize=(7, 5))
     for (method, split), r in results.items():
-        marker = "o" if split == "tuning" else "s"
+        marker = {"tuning": "o", "dev": "^"}.get(split, "s")
         ax.scatter(r["near_miss_all"] * 100, r["paraphrase"] * 100, marker=marker)
         ax.annotate(f"{method} ({split})", (r["near_miss_all"] * 100, r["paraphrase"] * 100),
                     fontsize=7)
@@ -213,7 +214,7 @@ def plot(results: dict[tuple[str, str], dict[str, float]]) -> None:
     ax.axvline(0.5, ls="--", lw=0.8)
     ax.set_xlabel("wrong answers on near-misses (%)")
     ax.set_ylabel("paraphrase hit rate (%)")
-    ax.set_title("cache: hit rate vs wrong-answer rate (o tuning, s held-out)")
+    ax.set_title("cache: hit rate vs wrong-answer rate (o tuning, ^ dev, s held-out)")
     fig.tight_layout()
     fig.savefig(OUT / "cache_hit_vs_wrong.png", dpi=120)
     print(f"\nplot: {OUT / 'cache_hit_vs_wrong.png'}")

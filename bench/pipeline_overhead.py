@@ -16,6 +16,8 @@ spent per job, and saves a plot to bench/out/pipeline_overhead.png::
 
     python bench/pipeline_overhead.py                   # 3 rounds of 8 s per side
     python bench/pipeline_overhead.py --rounds 1 --round-s 4 --submitters 16
+    python bench/pipeline_overhead.py --breakdown 300   # where one job's time goes, by step
+    python bench/pipeline_overhead.py --without-task-events   # infermq without Flower's events
 
 The noop model's registry is generated with ``max_wait_ms = 0`` (a no-op engine gains nothing
 from waiting for a batch; ``--max-wait-ms`` sets it). Cleans up its queues, Redis keys and
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import itertools
 import json
 import os
 import pstats
@@ -307,7 +310,8 @@ def bench_settings(args: argparse.Namespace, workdir: Path) -> Iterator[Settings
     settings = base.model_copy(update={
         "namespace": f"bench{tag}", "redis_prefix": f"bench{tag}",
         "database_schema": f"bench_{tag}", "registry_path": registry,
-        "worker_slots": args.slots, "torch_threads": 1})
+        "worker_slots": args.slots, "torch_threads": 1,
+        "task_events": not args.without_task_events})
     try:
         upgrade_to_head(settings)  # creates the schema too
         yield settings
@@ -359,9 +363,13 @@ def run(args: argparse.Namespace) -> None:
                        pool_limit=args.submitters + 2)
         replies = redis.Redis.from_url(settings.redis_url, max_connections=args.submitters + 8)
         run_id = uuid.uuid4().hex[:6]
+        # Each measurement restarts the submitters' counters: a run-wide sequence keeps every
+        # input new, or repeats would be answered by the exact cache tier without a worker.
+        inputs = itertools.count()
 
         def infermq_round_trip(i: int) -> None:
-            result = client.submit("embed", f"pipeline {run_id} {i}").result(timeout_s=60)
+            text = f"pipeline {run_id} {next(inputs)}"
+            result = client.submit("embed", text).result(timeout_s=60)
             if result.output is None:
                 raise SystemExit(f"job {result.job_id} came back without output")
 
@@ -403,7 +411,8 @@ def report(sides: list[Side], args: argparse.Namespace) -> None:
     groups = list(bare.rounds[0].cpu_ms_per_job)
     print()
     print(f"pipeline overhead: {args.rounds} rounds x {args.round_s:g} s per side, "
-          f"{args.submitters} submitter threads, {args.slots} worker threads, no-op work")
+          f"{args.submitters} submitter threads, {args.slots} worker threads, no-op work, "
+          f"infermq task events {'off' if args.without_task_events else 'on'}")
     header = f"{'side':14s} {'jobs/s':>9s} {'min':>7s} {'max':>7s} {'p50 ms':>7s} {'p99 ms':>7s}"
     header += "".join(f" {g[:10]:>10s}" for g in groups)
     print(header + "   (CPU ms per job)")
@@ -453,22 +462,22 @@ def plot(sides: list[Side], groups: list[str], ratio: float) -> None:
 
 
 # Functions whose cost per job the breakdown reports: (file suffix, function name, label).
+# (The group commits' writer threads are not profiled: cProfile sees the calling thread.)
 BREAKDOWN_FUNCTIONS = [
     ("producer/client.py", "validate", "client: validate request (pydantic)"),
-    ("infermq/jobstore.py", "insert_submitting", "client: INSERT job + transition"),
+    ("infermq/cache.py", "lookup", "both: exact cache lookup (Redis)"),
+    ("producer/submit_writes.py", "insert_submitting", "client: INSERT job (group commit)"),
     ("producer/publisher.py", "publish", "client: AMQP publish + confirm"),
-    ("infermq/results.py", "mark_status", "both: Redis status SET + XADD"),
-    ("infermq/jobstore.py", "set_status", "both: UPDATE job + INSERT transition"),
-    ("infermq/jobstore.py", "get_job", "client: SELECT job (result() before XREAD)"),
-    ("infermq/results.py", "read_result", "client: Redis GET result"),
+    ("infermq/results.py", "mark_status", "client: Redis status SET + XADD"),
+    ("producer/submit_writes.py", "mark_queued_behind", "client: queued mark (written behind)"),
+    ("infermq/results.py", "read_result_and_status", "client: Redis GET result + status"),
     ("infermq/results.py", "events", "client: Redis XREAD"),
-    ("infermq/jobstore.py", "begin_attempt", "worker: UPDATE attempts (+status, transition)"),
-    ("infermq/results.py", "is_cancel_requested", "worker: Redis EXISTS cancel mark"),
+    ("workers/job_commits.py", "begin_attempt", "worker: count attempt (group commit)"),
+    ("infermq/results.py", "mark_running_unless_cancelled", "worker: Redis cancel check + running"),
     ("workers/execution.py", "_run_engine", "worker: batcher hand-off + no-op engine"),
+    ("workers/job_commits.py", "commit_done", "worker: done row + transition (group commit)"),
     ("infermq/results.py", "write_result", "worker: Redis MULTI result + status + XADD"),
-    ("infermq/outbox.py", "record_webhook", "worker: webhook outbox"),
-    ("sqlalchemy/pool/base.py", "_checkout", "both: pool checkout (with pre-ping)"),
-    ("dialects/postgresql/_psycopg_common.py", "do_ping", "both: pool pre-ping SELECT 1"),
+    ("infermq/cache.py", "store", "worker: exact cache store (Redis)"),
     ("sqlalchemy/engine/default.py", "do_commit", "both: COMMIT"),
 ]
 
@@ -580,6 +589,9 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=0.0)
     parser.add_argument("--loglevel", default="INFO", help="both workers' log level")
+    parser.add_argument("--without-task-events", action="store_true",
+                        help="infermq's worker sends no Celery task events (INFERMQ_TASK_EVENTS="
+                             "false; the baseline sends none either)")
     parser.add_argument("--breakdown", type=int, default=0, metavar="JOBS",
                         help="instead: time the steps of JOBS jobs run one at a time")
     parser.add_argument("--breakdown-top", type=int, default=0, metavar="N",

@@ -167,12 +167,26 @@ class CacheEntry:
 
 StatKind = str  # "exact_hit" | "exact_miss" | "semantic_hit" | "semantic_miss"
 
+# ``get_entry`` then ``count`` as one script. KEYS: entry, LFU index, stats; ARGV: entry id,
+# hit field, miss field. Returns the entry's fields (flat), empty on a miss.
+_LOOKUP_COUNTED = """
+local fields = redis.call('HGETALL', KEYS[1])
+if #fields == 0 then
+    redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+    return fields
+end
+redis.call('ZADD', KEYS[2], 'XX', 'INCR', 1, ARGV[1])
+redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+return fields
+"""
+
 
 class ExactCache:
     """The exact tier and the entry store both tiers share (TTL, LFU cap, counters)."""
 
     def __init__(self, redis_client: redis.Redis, keys: RedisKeys, registry: Registry) -> None:
         self.redis, self.keys, self.registry = redis_client, keys, registry
+        self._lookup_counted = redis_client.register_script(_LOOKUP_COUNTED)
 
     def policy_for(self, task_type: TaskType | str) -> TaskTypePolicy:
         return self.registry.task_types[TaskType(task_type)]
@@ -195,9 +209,19 @@ class ExactCache:
         if not self.allows(job, spec):
             return None
         namespace = cache_namespace(job.task_type, spec, job.params)
-        entry = self.get_entry(job.task_type, f"{namespace}:{exact_hash(job.input)}")
-        self.count(job.task_type, "exact_hit" if entry else "exact_miss")
-        return entry
+        entry_id = f"{namespace}:{exact_hash(job.input)}"
+        task = str(job.task_type)
+        # get_entry and count in one round trip: the producer and the worker do it per job.
+        try:
+            flat: list[bytes] = self._lookup_counted(
+                keys=[self.keys.cache_entry(entry_id), self.keys.cache_index(task),
+                      self.keys.cache_stats()],
+                args=[entry_id, f"{task}:exact_hit", f"{task}:exact_miss"])
+        except redis.RedisError as e:
+            raise ServiceUnavailable(f"Redis failed on a cache lookup: {e}") from e
+        if not flat:
+            return None
+        return CacheEntry.from_redis(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
 
     def store(self, job: CacheableJob, spec: ModelSpec, output: Any, source_job_id: str) -> bool:
         """Caches ``output`` as the answer to ``job``; False when the policy does not allow it.
@@ -253,8 +277,15 @@ class ExactCache:
         fields.update(extra or {})
         entry_key = self.keys.cache_entry(entry_id)
         try:
-            self.drop_expired(task, now)
-            floor = float(self.redis.get(self.keys.cache_lfu_floor(task)) or 0)
+            # Two round trips on the job path: what expired and the LFU floor, then the
+            # entry with the index size that the cap check needs.
+            reads = self.redis.pipeline(transaction=False)
+            reads.zrangebyscore(self.keys.cache_expiry(task), "-inf", now)
+            reads.get(self.keys.cache_lfu_floor(task))
+            expired, raw_floor = reads.execute()
+            if expired:
+                self._drop(task, expired)
+            floor = float(raw_floor or 0)
             pipe = self.redis.pipeline(transaction=True)
             pipe.delete(entry_key)
             pipe.hset(entry_key, mapping=fields)  # type: ignore[arg-type]
@@ -270,8 +301,10 @@ class ExactCache:
             for member_set in member_of or []:
                 pipe.sadd(member_set, entry_id)
                 pipe.expire(member_set, policy.cache_ttl_s)
-            pipe.execute()
-            self.evict_over_cap(task, policy.cache_max_entries)
+            pipe.zcard(self.keys.cache_index(task))
+            size = int(pipe.execute()[-1])
+            if size > policy.cache_max_entries:
+                self.evict_over_cap(task, policy.cache_max_entries)
         except redis.RedisError as e:
             raise ServiceUnavailable(f"Redis failed while writing a cache entry: {e}") from e
 
@@ -279,10 +312,13 @@ class ExactCache:
         """Removes the records of entries whose TTL has passed; the count removed."""
         expired = self.redis.zrangebyscore(self.keys.cache_expiry(task_type), "-inf", now)
         if expired:
-            ids = [member.decode() for member in expired]  # type: ignore[union-attr]
-            self.redis.zrem(self.keys.cache_index(task_type), *ids)
-            self.forget(task_type, ids)
+            self._drop(task_type, expired)  # type: ignore[arg-type]
         return len(expired)
+
+    def _drop(self, task_type: str, expired: list[bytes]) -> None:
+        ids = [member.decode() for member in expired]
+        self.redis.zrem(self.keys.cache_index(task_type), *ids)
+        self.forget(task_type, ids)
 
     def forget(self, task_type: str, ids: list[str]) -> None:
         """Deletes entries with their band memberships and expiry records."""

@@ -285,6 +285,42 @@ def session_close(session_id: str) -> None:
 
 
 @app.command()
+def scale(
+    periods: Annotated[int, typer.Option(min=1, help="periods to observe (signals count "
+                                         "consecutive periods)")] = 1,
+    period_s: Annotated[float, typer.Option(help="seconds between periods")] = 5.0,
+    apply: Annotated[bool, typer.Option("--apply", help="start and drain worker processes "
+                                        "on this machine")] = False,
+) -> None:
+    """Print scale up / hold / scale down per model from the live metrics (drain first)."""
+    import time
+
+    from workers.local_scaling import Autoscaler, LocalActuator
+
+    settings = get_settings()
+    autoscaler = Autoscaler(settings)
+    actuator = LocalActuator(settings) if apply else None
+    try:
+        for period in range(periods):
+            if period:
+                time.sleep(period_s)
+            table = Table("model", "instances", "decision", "target", "why")
+            decisions = autoscaler.observe()
+            for d in decisions:
+                why = "; ".join(d.reasons) + ("; drain first" if d.drain_first else "")
+                table.add_row(d.model, str(d.instances), d.action.value,
+                              str(d.target_instances), why)
+            console.print(table)
+            if actuator is not None:
+                for line in autoscaler.apply(decisions, actuator):
+                    console.print(line)
+    except InfermqError as e:
+        _fail(e)
+    finally:
+        autoscaler.close()
+
+
+@app.command()
 def demo(
     jobs: Annotated[int, typer.Option(help="how many jobs to submit")] = 200,
 ) -> None:

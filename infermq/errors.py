@@ -127,6 +127,10 @@ class InvalidInstanceTransition(RoutingError):
     """Raised when a model instance state change is not one of the allowed edges."""
 
 
+class DrainFailed(RoutingError):
+    """Raised when a worker did not stop consuming or still held jobs at the drain's limit."""
+
+
 class AccessError(InfermqError):
     """Base of the errors raised when a caller may not use the gateway as it asked."""
 

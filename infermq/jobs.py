@@ -6,11 +6,12 @@ does not understand instead of guessing.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -47,12 +48,32 @@ FINAL_STATUSES = frozenset(
 
 CacheOutcome = Literal["exact", "semantic", "miss"]
 
+UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(text: str) -> str:
+    """Refuses text that cannot be stored: PostgreSQL keeps no NUL in text or jsonb, and a lone
+    surrogate (JSON can spell one, ``"\\ud800"``) is not Unicode, so nothing can encode it.
+    Caught at validation, either is a clear 400 instead of a database error at the first write.
+
+    Raises:
+        ValueError: the text holds such a character (pydantic reports it as a validation error).
+    """
+    found = UNSTORABLE_CHARACTER.search(text)
+    if found is not None:
+        raise ValueError(f"text holds U+{ord(found.group()):04X} at character {found.start()}, "
+                         "which cannot be stored: remove it")
+    return text
+
+
+StorableText = Annotated[str, AfterValidator(storable_text)]
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=32_768)
+    content: StorableText = Field(max_length=32_768)
 
 
 JobInput = str | list[str] | list[ChatMessage]
@@ -66,7 +87,7 @@ class GenerationParams(BaseModel):
     max_new_tokens: int = Field(default=64, ge=1, le=4096)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
 
 class JobRequest(BaseModel):
@@ -79,9 +100,9 @@ class JobRequest(BaseModel):
     model: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
     params: GenerationParams = GenerationParams()
     priority: Annotated[int, Field(ge=0, le=9)] = 5
-    session_id: str | None = Field(default=None, min_length=1, max_length=64)
+    session_id: StorableText | None = Field(default=None, min_length=1, max_length=64)
     webhook_url: HttpUrl | None = None
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    idempotency_key: StorableText | None = Field(default=None, min_length=1, max_length=200)
     timeout_s: float | None = Field(default=None, gt=0, le=3600)
 
     @field_validator("input")
@@ -94,6 +115,9 @@ class JobRequest(BaseModel):
             raise ValueError("input is an empty list: give at least one text or message")
         elif isinstance(value[0], str) and any(not text.strip() for text in value):
             raise ValueError("input holds a blank text")
+        for text in [value] if isinstance(value, str) else value:
+            if isinstance(text, str):
+                storable_text(text)
         return value
 
     def input_chars(self) -> int:
@@ -110,8 +134,30 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+AUTO_MODEL = "auto"
+"""The ``model`` of a job message waiting in ``<ns>.route``: the router task has not chosen yet
+(a registry model name cannot be ``auto``: ``Registry`` refuses it)."""
+
+
+class RouteRecord(BaseModel):
+    """How the router placed a job of task type ``auto``: carried by the routed message, so a
+    worker whose model fails the job can try the next fallback without classifying again."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_class: str
+    arm: Literal["primary", "canary"] = "primary"
+    reason: str
+    fallbacks: tuple[str, ...] = ()
+    tried: tuple[str, ...] = Field(default=(), description="models that failed the job already")
+
+
 class JobMessage(BaseModel):
-    """The body that travels on RabbitMQ: a validated request with its id and chosen model."""
+    """The body that travels on RabbitMQ: a validated request with its id and chosen model.
+
+    A job of task type ``auto`` travels first to the router with ``model == AUTO_MODEL``; the
+    router republishes it with the task type and model it chose and a ``route`` record.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -127,6 +173,7 @@ class JobMessage(BaseModel):
     webhook_url: str | None = None
     timeout_s: float = Field(gt=0)
     submitted_at: datetime
+    route: RouteRecord | None = None
 
 
 class JobResult(BaseModel):

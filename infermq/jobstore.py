@@ -7,17 +7,33 @@ the broker's confirm; the worker counts attempts and commits the result here. A 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Text, case, cast, insert, literal, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Text,
+    case,
+    cast,
+    insert,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import OperationalError
 
 from infermq.errors import JobNotFound, ServiceUnavailable
 from infermq.jobs import JobMessage, JobStatus, utcnow
 from infermq.tables import job_transitions, jobs
+
+RUNNABLE_STATUSES = (JobStatus.SUBMITTING, JobStatus.QUEUED, JobStatus.RUNNING)
+_RUNNABLE_SQL = ", ".join(f"'{s.value}'" for s in RUNNABLE_STATUSES)
 
 
 @dataclass(frozen=True)
@@ -182,6 +198,153 @@ def begin_attempt(connection: Connection, job_id: str) -> JobRow | None:
         select(counted).add_cte(recorded)
     ).first()
     return _row(record) if record is not None else None
+
+
+# The grouped statements of the group commits (infermq/group_commit.py): one statement for
+# any number of jobs, plain SQL compiled once (the expression-built statements above cost more
+# CPU to build per call than PostgreSQL spends running them). Ids are sorted so that
+# concurrent groups lock rows in one order. Rows come back without their input and params
+# (JSON that nobody reads here would be parsed per row).
+_BEGIN_ATTEMPTS = text(f"""
+WITH previous AS (
+    SELECT id, status FROM jobs WHERE id = ANY(CAST(:ids AS text[])) ORDER BY id FOR UPDATE
+), counted AS (
+    UPDATE jobs SET
+        attempts = jobs.attempts + 1,
+        updated_at = :now,
+        status = CASE WHEN jobs.status IN ({_RUNNABLE_SQL}) THEN 'running' ELSE jobs.status END,
+        started_at = CASE WHEN jobs.status IN ({_RUNNABLE_SQL}) THEN :now
+                          ELSE jobs.started_at END
+    FROM previous WHERE jobs.id = previous.id
+    RETURNING jobs.id, jobs.status, jobs.attempts, jobs.model, jobs.task_type, jobs.result,
+              jobs.error, jobs.tenant, jobs.created_at, jobs.route_reason,
+              previous.status AS previous_status
+), recorded AS (
+    INSERT INTO job_transitions (job_id, status, detail)
+    SELECT id, status, detail FROM (
+        SELECT id, 'queued' AS status, NULL AS detail, 0 AS step
+        FROM counted WHERE previous_status = 'submitting'
+        UNION ALL
+        SELECT id, 'running', 'attempt ' || attempts, 1 FROM counted WHERE status = 'running'
+    ) AS steps ORDER BY id, step
+)
+SELECT * FROM counted
+""")
+
+_FINISH_DONE = text(f"""
+WITH finished AS (
+    SELECT * FROM unnest(CAST(:ids AS text[]), CAST(CAST(:results AS text[]) AS jsonb[]),
+                         CAST(:caches AS text[])) AS f(id, result, cache)
+), changed AS (
+    UPDATE jobs SET
+        status = 'done', result = finished.result,
+        cache = COALESCE(finished.cache, jobs.cache),
+        updated_at = :now, finished_at = :now
+    FROM finished
+    WHERE jobs.id = finished.id AND jobs.status IN ({_RUNNABLE_SQL})
+    RETURNING jobs.id
+), recorded AS (
+    INSERT INTO job_transitions (job_id, status) SELECT id, 'done' FROM changed ORDER BY id
+)
+SELECT id FROM changed
+""")
+
+
+_INSERT_SUBMITTING = text("""
+WITH inserted AS (
+    INSERT INTO jobs (id, tenant, task_type, model, priority, status, input, params, timeout_s,
+                      webhook_url, route_reason)
+    SELECT id, tenant, task_type, model, priority, 'submitting', CAST(input AS jsonb),
+           CAST(params AS jsonb), timeout_s, webhook_url, route_reason
+    FROM unnest(CAST(:ids AS text[]), CAST(:tenants AS text[]), CAST(:task_types AS text[]),
+                CAST(:models AS text[]), CAST(:priorities AS int[]), CAST(:inputs AS text[]),
+                CAST(:params AS text[]), CAST(:timeouts_s AS float8[]),
+                CAST(:webhook_urls AS text[]), CAST(:route_reasons AS text[]))
+         AS new(id, tenant, task_type, model, priority, input, params, timeout_s, webhook_url,
+                route_reason)
+    ORDER BY id
+    RETURNING id
+)
+INSERT INTO job_transitions (job_id, status) SELECT id, 'submitting' FROM inserted ORDER BY id
+""")
+
+_MARK_QUEUED = text("""
+WITH changed AS (
+    UPDATE jobs SET status = 'queued', updated_at = :now
+    WHERE id = ANY(CAST(:ids AS text[])) AND status IN ('submitting', 'rejected')
+    RETURNING id
+)
+INSERT INTO job_transitions (job_id, status) SELECT id, 'queued' FROM changed ORDER BY id
+""")
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job row to insert as ``submitting``: one without idempotency key or session (those
+    need ``insert_submitting``'s conflict and turn handling)."""
+
+    message: JobMessage
+    tenant: str | None = None
+    route_reason: str | None = None
+
+
+def insert_submitting_many(connection: Connection, new_jobs: Sequence[NewJob]) -> None:
+    """``insert_submitting`` for many new jobs in one statement, with their transitions."""
+    dumped = [(n, n.message.model_dump(mode="json")) for n in new_jobs]
+    connection.execute(_INSERT_SUBMITTING, {
+        "ids": [n.message.job_id for n, _ in dumped],
+        "tenants": [n.tenant for n, _ in dumped],
+        "task_types": [d["task_type"] for _, d in dumped],
+        "models": [d["model"] for _, d in dumped],
+        "priorities": [d["priority"] for _, d in dumped],
+        "inputs": [json.dumps(d["input"]) for _, d in dumped],
+        "params": [json.dumps(d["params"]) for _, d in dumped],
+        "timeouts_s": [d["timeout_s"] for _, d in dumped],
+        "webhook_urls": [d["webhook_url"] for _, d in dumped],
+        "route_reasons": [n.route_reason for n, _ in dumped],
+    })
+
+
+def mark_queued_many(connection: Connection, job_ids: Sequence[str]) -> None:
+    """Marks jobs ``queued`` (only from ``submitting`` or ``rejected``: a worker may have
+    started one already) and records the transitions, in one statement."""
+    connection.execute(_MARK_QUEUED, {"ids": sorted(job_ids), "now": _now()})
+
+
+def begin_attempts(connection: Connection, job_ids: Sequence[str]) -> dict[str, JobRow]:
+    """``begin_attempt`` for many jobs in one statement: the rows found, by id (a job id
+    must appear once).
+
+    A job still ``submitting`` gets its ``queued`` transition recorded too: its message is in
+    the worker's hands, so it was queued; the producer writes that mark behind the publish
+    (producer/submit_writes.py) and may come after the worker.
+    """
+    records = connection.execute(
+        _BEGIN_ATTEMPTS, {"ids": sorted(job_ids), "now": _now()}).all()
+    return {record.id: _row(record) for record in records}
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    """A job's ``done`` write: its result as JSON text and its cache outcome."""
+
+    job_id: str
+    result_json: str
+    cache: str | None = None
+
+
+def finish_done(connection: Connection, finished: Sequence[FinishedJob]) -> set[str]:
+    """Marks many jobs ``done`` with their results (only from a runnable status) and records
+    the transitions, in one statement; returns the ids whose row changed (a job id must
+    appear once)."""
+    ordered = sorted(finished, key=lambda f: f.job_id)
+    changed = connection.execute(_FINISH_DONE, {
+        "ids": [f.job_id for f in ordered],
+        "results": [f.result_json for f in ordered],
+        "caches": [f.cache for f in ordered],
+        "now": _now(),
+    }).scalars()
+    return set(changed)
 
 
 def get_job(engine: Engine, job_id: str, tenant: str | None = None) -> JobRow:

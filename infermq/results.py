@@ -15,6 +15,15 @@ import redis
 from infermq.jobs import JobResult, JobStatus
 from infermq.keys import RedisKeys
 
+# KEYS: cancel mark, status, events; ARGV: status, TTL in seconds. Returns 1 when marked.
+_MARK_UNLESS_CANCELLED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+redis.call('XADD', KEYS[3], '*', 'kind', 'status', 'data', ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class JobEvent:
@@ -35,14 +44,27 @@ class JobStateStore:
         self.client = client
         self.keys = keys
         self.ttl_s = ttl_s
+        self._mark_running_unless_cancelled = client.register_script(_MARK_UNLESS_CANCELLED)
 
-    def mark_status(self, job_id: str, status: JobStatus) -> None:
-        """Sets the hot status and appends the change to the job's stream."""
+    def mark_status(self, job_id: str, status: JobStatus) -> str:
+        """Sets the hot status and appends the change to the job's stream; returns the id of
+        the stream event (a reader that saw the change may read on from there)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.set(self.keys.job_status(job_id), status.value, ex=self.ttl_s)
         pipe.xadd(self.keys.job_events(job_id), {"kind": "status", "data": status.value})
         pipe.expire(self.keys.job_events(job_id), self.ttl_s)
-        pipe.execute()
+        _, event_id, _ = pipe.execute()
+        return _text(event_id)
+
+    def mark_running_unless_cancelled(self, job_id: str) -> bool:
+        """``mark_status(RUNNING)`` unless the job has a cancel mark, atomically and in one
+        round trip (a worker's step on every job); returns False, writing nothing, when the
+        job was cancelled."""
+        keys = [self.keys.job_cancel(job_id), self.keys.job_status(job_id),
+                self.keys.job_events(job_id)]
+        marked = self._mark_running_unless_cancelled(
+            keys=keys, args=[JobStatus.RUNNING.value, self.ttl_s])
+        return bool(marked)
 
     def append_token(self, job_id: str, text: str) -> None:
         self.client.xadd(self.keys.job_events(job_id), {"kind": "token", "data": text})
@@ -70,6 +92,15 @@ class JobStateStore:
     def read_result(self, job_id: str) -> JobResult | None:
         raw = self.client.get(self.keys.job_result(job_id))
         return JobResult.model_validate_json(raw) if raw is not None else None
+
+    def read_result_and_status(self, job_id: str) -> tuple[JobResult | None, JobStatus | None]:
+        """The result and the hot status in one round trip (what a waiter reads first)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.keys.job_result(job_id))
+        pipe.get(self.keys.job_status(job_id))
+        raw_result, raw_status = pipe.execute()
+        return (JobResult.model_validate_json(raw_result) if raw_result is not None else None,
+                JobStatus(_text(raw_status)) if raw_status is not None else None)
 
     def events(
         self, job_id: str, after_id: str = "0-0", block_ms: int = 1000

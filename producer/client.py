@@ -25,14 +25,29 @@ from infermq.errors import (
     QueueError,
     UnknownTaskType,
 )
-from infermq.jobs import JobMessage, JobRequest, JobResult, JobStatus, TaskType, utcnow
-from infermq.jobstore import database_unavailable, get_job, insert_submitting, set_status
-from infermq.keys import RUN_JOB_TASK, QueueNames, RedisKeys
+from infermq.jobs import (
+    AUTO_MODEL,
+    JobMessage,
+    JobRequest,
+    JobResult,
+    JobStatus,
+    TaskType,
+    utcnow,
+)
+from infermq.jobstore import (
+    JobRow,
+    database_unavailable,
+    get_job,
+    insert_submitting,
+    set_status,
+)
+from infermq.keys import ROUTE_JOB_TASK, RUN_JOB_TASK, QueueNames, RedisKeys
 from infermq.results import JobStateStore
 from infermq.session_store import SessionStore
 from infermq.session_turns import TurnGate
 from infermq.settings import Settings, get_settings
 from producer.publisher import ConfirmedPublisher
+from producer.submit_writes import SubmitWrites
 from producer.webhook_policy import check_webhook_url
 from routing.registry import load_registry
 from routing.topology import build_topology
@@ -53,6 +68,7 @@ class Client:
         self.engine = get_engine(self.settings)
         self.state = JobStateStore(get_redis(self.settings), self.keys, self.settings.result_ttl_s)
         self.publisher = ConfirmedPublisher(self.settings, self.topology)
+        self.writes = SubmitWrites(self.engine)
         self.sessions = SessionStore.from_settings(
             self.settings, self.engine, get_binary_redis(self.settings)
         )
@@ -87,6 +103,12 @@ class Client:
             )
         if request.webhook_url is not None:
             check_webhook_url(str(request.webhook_url), self.settings.webhook_allow_private)
+        if request.task_type == TaskType.AUTO:
+            if request.model is not None:
+                raise InvalidRequest(
+                    f"task type auto lets the router choose the model; name none, or give "
+                    f"the task type that {request.model} serves")
+            return request, AUTO_MODEL
         spec = self.registry.choose_model(request.task_type, request.model)
         return request, spec.name
 
@@ -119,7 +141,10 @@ class Client:
             timeout_s=request.timeout_s or self.settings.default_timeout_s,
             submitted_at=utcnow(),
         )
-        entry = self.cache.lookup(request, self.registry.models[model])
+        # An auto job's cache key needs its model: the worker's cache steps look it up once
+        # the router has chosen one.
+        entry = None if model == AUTO_MODEL else self.cache.lookup(
+            request, self.registry.models[model])
         if entry is not None:
             return self._answer_from_cache(message, entry, request.idempotency_key, tenant)
         return self.publish(message, request.idempotency_key, tenant)
@@ -149,14 +174,20 @@ class Client:
         self, message: JobMessage, idempotency_key: str | None = None, tenant: str | None = None
     ) -> JobHandle:
         """Records and publishes an already validated job message (see ``submit``)."""
+        existing: JobRow | None = None
         try:
-            with self.engine.begin() as connection:
-                if message.session_id is not None and message.session_seq is None:
-                    # The turn is taken in the job row's transaction: the session's jobs run
-                    # in this order whatever their priorities.
-                    seq = self.turns.assign_sequence(connection, message.session_id)
-                    message = message.model_copy(update={"session_seq": seq})
-                existing = insert_submitting(connection, message, idempotency_key, tenant)
+            if idempotency_key is None and message.session_id is None:
+                # A new job without a turn to take: its insert shares a transaction with
+                # the other submitting threads' (group commit).
+                self.writes.insert_submitting(message, tenant)
+            else:
+                with self.engine.begin() as connection:
+                    if message.session_id is not None and message.session_seq is None:
+                        # The turn is taken in the job row's transaction: the session's jobs
+                        # run in this order whatever their priorities.
+                        seq = self.turns.assign_sequence(connection, message.session_id)
+                        message = message.model_copy(update={"session_seq": seq})
+                    existing = insert_submitting(connection, message, idempotency_key, tenant)
         except OperationalError as e:
             raise database_unavailable(self.engine, e) from e
         if existing is not None and existing.status not in (
@@ -166,29 +197,32 @@ class Client:
             return JobHandle(self, existing.id)
         job_id = existing.id if existing is not None else message.job_id
         message = message.model_copy(update={"job_id": job_id})
-        queue = self.topology.queue_for(message.task_type.value, message.model)
+        if message.task_type == TaskType.AUTO:
+            queue, task = self.topology.route_queue, ROUTE_JOB_TASK
+        else:
+            queue, task = self.topology.queue_for(message.task_type.value, message.model), \
+                RUN_JOB_TASK
         # The hot status goes first: the worker cannot see the job before the publish, so its
         # own status events always come after this one.
-        self.state.mark_status(job_id, JobStatus.QUEUED)
+        queued_event_id = self.state.mark_status(job_id, JobStatus.QUEUED)
         try:
             self.publisher.publish(
                 queue,
-                RUN_JOB_TASK,
+                task,
                 job_id,
                 {"message": message.model_dump(mode="json")},
                 message.priority,
             )
         except QueueError as e:
+            self.writes.flush()  # the record of earlier jobs reads queued before this one
             with self.engine.begin() as connection:
                 set_status(connection, job_id, JobStatus.REJECTED, error=str(e))
             self.state.mark_status(job_id, JobStatus.REJECTED)
             raise
-        with self.engine.begin() as connection:
-            set_status(
-                connection, job_id, JobStatus.QUEUED, only_from=(JobStatus.SUBMITTING,
-                                                                 JobStatus.REJECTED)
-            )
-        return JobHandle(self, job_id)
+        # Written behind (producer/submit_writes.py): the row is the record already, and the
+        # worker runs a submitting job like a queued one.
+        self.writes.mark_queued_behind(job_id)
+        return JobHandle(self, job_id, after_event_id=queued_event_id)
 
     def session(self, session_id: str | None = None, tenant: str | None = None) -> Session:
         """Opens a session (or returns the existing one with this id): its jobs share a
@@ -200,6 +234,7 @@ class Client:
         return JobHandle(self, job_id)
 
     def close(self) -> None:
+        self.writes.close()
         self.publisher.close()
 
     def __enter__(self) -> Client:
@@ -242,9 +277,13 @@ class Session:
 class JobHandle:
     """A submitted job: its id, its status, its result, its token stream."""
 
-    def __init__(self, client: Client, job_id: str) -> None:
+    def __init__(self, client: Client, job_id: str, after_event_id: str | None = None) -> None:
+        """``after_event_id``: the job's ``queued`` event when this submit just wrote it;
+        waiters read the job's stream after it and skip the first read of the result (before
+        it the job was not published yet, so nothing final can precede it)."""
         self.client = client
         self.id = job_id
+        self._after_event_id = after_event_id
 
     def __repr__(self) -> str:
         return f"JobHandle({self.id!r})"
@@ -264,8 +303,8 @@ class JobHandle:
             JobTimeout: the job did not end within ``timeout_s``.
         """
         deadline = time.monotonic() + timeout_s
-        last_id = "0-0"
-        result = self._final_result()
+        last_id = self._after_event_id or "0-0"
+        result = None if self._after_event_id is not None else self._final_result()
         while result is None:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
@@ -280,8 +319,12 @@ class JobHandle:
         return result
 
     def _final_result(self) -> JobResult | None:
-        result = self.client.state.read_result(self.id)
+        result, hot = self.client.state.read_result_and_status(self.id)
         if result is None:
+            if hot is not None and not hot.is_final:
+                # On its way: every change reaches Redis (and wakes the waiter) after the
+                # row, so the row has nothing newer to say; no PostgreSQL read per wait.
+                return None
             row = get_job(self.client.engine, self.id)
             if not row.status.is_final:
                 return None
@@ -300,7 +343,7 @@ class JobHandle:
             JobTimeout: the job did not end within ``timeout_s``.
         """
         deadline = time.monotonic() + timeout_s
-        last_id = "0-0"
+        last_id = self._after_event_id or "0-0"
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:

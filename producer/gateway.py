@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infermq.errors import InfermqError, JobTimeout
-from infermq.jobs import JobRequest, JobResult, JobStatus
+from infermq.jobs import ChatMessage, JobRequest, JobResult, JobStatus
 from infermq.jobstore import JobRow, get_job
 from infermq.keys import RedisKeys
 from infermq.outbox import webhook_state
@@ -54,6 +54,19 @@ from producer.job_stream import START_ID, AsyncJobStream
 
 THREADPOOL_SIZE = 200
 """Threads for blocking calls (publishes, PostgreSQL); waiting on jobs takes none."""
+
+MAX_TEXT_CHARS: int = Settings.model_fields["max_input_chars"].default
+MAX_TEXTS: int = Settings.model_fields["max_inputs_per_job"].default
+"""The schema's caps on one text and on a list of them: the SDK's default limits, written into
+the OpenAPI document so that clients (and fuzzers) see them; a job's total size is still checked
+against the configured ``max_input_chars`` at submit."""
+
+BoundedText = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+InputText = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+"""A text to run a model on: blank ones are refused too (``JobRequest``), the schema says what
+it can (not empty)."""
+InputTexts = Annotated[list[InputText], Field(min_length=1, max_length=MAX_TEXTS)]
+InputChat = Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_TEXTS)]
 
 
 @dataclass
@@ -111,6 +124,7 @@ class JobSubmission(JobRequest):
     """``POST /v1/jobs``: a job request as the SDK takes it; ``priority`` defaults to the API
     key's tier."""
 
+    input: InputText | InputTexts | InputChat
     priority: int | None = Field(default=None, ge=0, le=9)  # type: ignore[assignment]
 
 

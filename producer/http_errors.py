@@ -19,6 +19,7 @@ from infermq.errors import (
     InfermqError,
     InvalidApiKey,
     InvalidRequest,
+    InvalidTransition,
     JobFailed,
     JobNotFound,
     JobTimeout,
@@ -27,6 +28,9 @@ from infermq.errors import (
     QueueUnavailable,
     RateLimited,
     ServiceUnavailable,
+    SessionConflict,
+    SessionNotFound,
+    SessionTerminated,
     UnknownModel,
 )
 
@@ -34,6 +38,10 @@ STATUS_OF: list[tuple[type[InfermqError], int]] = [
     (UnknownModel, 404),
     (InvalidRequest, 400),
     (JobNotFound, 404),
+    (SessionNotFound, 404),
+    (SessionTerminated, 409),
+    (InvalidTransition, 409),
+    (SessionConflict, 409),
     (InvalidApiKey, 401),
     (PriorityNotAllowed, 403),
     (RateLimited, 429),

@@ -23,27 +23,32 @@ from pydantic import BaseModel, ConfigDict, Field
 from infermq.errors import InvalidRequest, JobFailed, JobTimeout
 from infermq.jobs import JobResult, JobStatus, TaskType
 from producer.auth import Caller
-from producer.gateway import CallerDep, Gateway, GatewayDep
+from producer.gateway import BoundedText, CallerDep, Gateway, GatewayDep, InputText
 from producer.http_errors import error_response
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 AUTO_MODEL = "auto"
 MAX_PROMPTS = 256
+MAX_EMBEDDING_INPUTS = 2048
+MAX_MESSAGES = 256
+MAX_CONTENT_PARTS = 256
 
 PriorityHeader = Annotated[int | None, Header(alias="X-Infermq-Priority", ge=0, le=9)]
 
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str = Field(max_length=32_768)
+    text: BoundedText
 
 
 class OpenAIMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] = Field(max_length=32_768)
+    # Each branch capped on its own: a length on the union would cap a string at the parts'
+    # count (and the reverse), as pydantic applies it to whichever branch matched.
+    content: BoundedText | Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)]
 
     def as_chat_message(self) -> dict[str, str]:
         text = self.content if isinstance(self.content, str) else "".join(
@@ -72,19 +77,20 @@ class SamplingFields(BaseModel):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[OpenAIMessage] = Field(min_length=1, max_length=256)
+    messages: list[OpenAIMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] = Field(max_length=MAX_PROMPTS)
+    prompt: InputText | Annotated[list[InputText], Field(min_length=1, max_length=MAX_PROMPTS)]
 
 
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=64)
-    input: str | list[str] = Field(max_length=2048)
+    input: InputText | Annotated[list[InputText],
+                                 Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = Field(default=None, max_length=256)
 

@@ -12,7 +12,6 @@ broker's nack and return as exceptions.
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -23,33 +22,8 @@ import pika.exceptions
 
 from infermq.errors import QueueFull, QueueUnavailable
 from infermq.settings import Settings
+from infermq.task_message import celery_task_message
 from routing.topology import QueueSpec, Topology
-
-
-def celery_task_message(task: str, task_id: str, kwargs: dict[str, Any]) -> tuple[bytes, dict]:
-    """Body and headers of a Celery protocol 2 message that calls ``task(**kwargs)``."""
-    body = json.dumps(
-        [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}],
-        separators=(",", ":"),
-        default=str,
-    ).encode()
-    headers = {
-        "lang": "py",
-        "task": task,
-        "id": task_id,
-        "root_id": task_id,
-        "parent_id": None,
-        "group": None,
-        "retries": 0,
-        "eta": None,
-        "expires": None,
-        "timelimit": [None, None],
-        "argsrepr": "()",
-        "kwargsrepr": f"{{job {task_id}}}",
-        "origin": "infermq-producer",
-        "ignore_result": True,
-    }
-    return body, headers
 
 
 @dataclass
@@ -82,6 +56,17 @@ class ConfirmedPublisher:
             channel = connection.channel()
             channel.confirm_delivery()
             declare_topology(channel, self._topology)
+        except pika.exceptions.ChannelClosedByBroker as e:
+            with contextlib.suppress(Exception):
+                connection.close()
+            if e.reply_code == 406:
+                raise QueueUnavailable(
+                    f"RabbitMQ refused to declare infermq's queues: {e.reply_text}. A queue of "
+                    f"namespace {self._topology.names.namespace!r} exists with other arguments "
+                    "(an older infermq?): delete it (`rabbitmqctl delete_queue <name>`) or set "
+                    "INFERMQ_NAMESPACE to a new one"
+                ) from e
+            raise QueueUnavailable(f"RabbitMQ refused infermq's topology: {e.reply_text}") from e
         except pika.exceptions.AMQPError as e:
             raise QueueUnavailable(
                 f"RabbitMQ at {self._broker_address()} refused the connection ({e!r}): is it "

@@ -22,8 +22,8 @@ from workers.cache_guard import near_miss_reason
 
 HELDOUT = Path(__file__).parents[1] / "bench" / "data" / "pairs_heldout.jsonl"
 # Stated floors: on a sample of the held-out split, at most this share of each near-miss family
-# may be answered from cache (the benchmark reports the full split). Antonyms the guard's
-# lexicon lacks get through, so that family's floor is looser: a known weakness, not a goal.
+# may be answered from cache (the benchmark reports the full split: 6.7 % at most per family,
+# antonyms 5 %). A sample of 15 is coarse, so the antonym floor stays where it was.
 HELDOUT_WRONG_FLOOR = 0.10
 HELDOUT_WRONG_FLOOR_BY_FAMILY = {"antonym": 0.25}
 HELDOUT_SAMPLE_PER_FAMILY = 15
@@ -224,6 +224,14 @@ def test_evicted_and_expired_semantic_entries_leave_their_bands(
     ("swapped_roles", "Flights from London to New York", "Flights from New York to London"),
     ("antonym", "Should I buy Tesla stock?", "Should I sell Tesla stock?"),
     ("antonym", "How do I enable two-factor auth?", "How do I disable two-factor auth?"),
+    # Mechanisms that carry over to words no template used: WordNet antonyms, mirror prefixes,
+    # negating verbs, a swap of two arguments, one content word replaced by another.
+    ("antonym", "Is the lake deep near the dam?", "Is the lake shallow near the dam?"),
+    ("antonym", "How do I attach a file to the email?", "How do I detach a file to the email?"),
+    ("negation", "The printer prints my photos.", "The printer fails to print my photos."),
+    ("swapped_roles", "Copy every file in music into archive.",
+     "Copy every file in archive into music."),
+    ("antonym", "Should I hold Nike shares this week?", "Should I dump Nike shares this week?"),
 ])
 def test_near_miss_is_not_served(
     redis_client: redis.Redis, keys: RedisKeys, registry: Registry, embed: object,

@@ -209,13 +209,15 @@ class Batcher:
     def start(self) -> None:
         """Starts the batcher and deadline threads; the engine must already be loaded.
 
-        Also lowers the interpreter's GIL switch interval to ``GIL_SWITCH_INTERVAL_S``: on a GPU
-        the batcher thread is busy in Python (launching kernels) and holds the GIL; with the
-        default 5 ms, each of the task threads woken by a finished batch waits about 5 ms for
-        the GIL before it can hand over its next job, so 256 slots need over a second to refill
-        the queue and the next batches run half empty (measured on an H100).
+        For an engine that launches GPU work, also lowers the interpreter's GIL switch interval
+        to ``GIL_SWITCH_INTERVAL_S``: on a GPU the batcher thread is busy in Python (launching
+        kernels) and holds the GIL; with the default 5 ms, each of the task threads woken by a
+        finished batch waits about 5 ms for the GIL before it can hand over its next job, so
+        256 slots need over a second to refill the queue and the next batches run half empty
+        (measured on an H100). Elsewhere the short interval only costs CPU: the task threads
+        take the GIL from each other every 0.1 ms (bench/pipeline_overhead.py).
         """
-        if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
+        if self.engine.launches_gpu_work and sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
             sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self.engine.set_step_hook(
             lambda step: self.hooks.after_step(self._running_batch, step))

@@ -4,17 +4,22 @@ A sentence embedding blurs exactly the tokens that decide an answer: "what is 2+
 2+4", "cancel my order" and "don't cancel my order", "did Alice pay Bob" and "did Bob pay Alice"
 sit at cosine 0.9 and above. After the embedding has said "close", this module compares the two
 texts' meaning-bearing tokens, canonicalized so that paraphrases still agree (digits and number
-words, unit, month and date spellings, contractions, "unavailable" as "not available", a few
-synonyms; the word lists are in ``workers/guard_lexicon.py``):
+words, unit, month and date spellings, bare years, contractions, "unavailable" as "not
+available"; the word lists are in ``workers/guard_lexicon.py``):
 
-- numbers must match in order; identifiers (#123, SKU-42), dates and each number's unit must
-  match;
-- units, the count of negations and the poles of antonym axes (buy/sell, enable/disable,
-  up/down) must match;
+- numbers must match in order; identifiers (#123, SKU-42), dates and years, units and each
+  number's unit must match;
+- the count of negators must match (the closed class of English negators, and verbs that deny
+  their complement: "fails to", "refused to", "lacks");
+- no word left unmatched on one side may be the opposite of one left unmatched on the other:
+  WordNet's antonyms (``workers/guard_antonyms.py``, ~28k pairs, inflections folded), or the
+  same stem under mirror prefixes (import/export, attach/detach, lock/unlock);
 - the arguments of from / than / vs (and of to, next to from) must match, and so must the role
-  order of names, a passive read agent first ("B was paid by A" is "A paid B");
-- a name on one side only, one name put in place of another, or two words swapped around a
-  third ("checking to savings" / "savings to checking") is a near-miss.
+  order of names, the agent of a passive "by" and the source of "from" read first;
+- a name on one side only, two words swapped around the words that relate them ("files in A
+  into B" / "in B into A"), or one content word put in place of another with the rest of the
+  sentence unchanged is a near-miss: that is how a near-miss is usually written, whatever the
+  word, so the guard needs no list of it.
 
 Pure: no I/O, no Redis, no torch. It errs towards "different": a false alarm costs one engine
 run, a false match serves the wrong answer.
@@ -22,6 +27,7 @@ run, a false match serves the wrong answer.
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from collections import Counter
@@ -32,12 +38,14 @@ from workers.guard_lexicon import (
     ANTONYMS,
     CONTRACTIONS,
     FRAMING,
+    IRREGULAR,
     LEXICON,
     MONTH_OF,
     NEGATIONS,
     NEGATIVE_PREFIXES,
     NUMBER_WORDS,
     OPERATOR_WORDS,
+    OPPOSITES,
     ORDER_MARKERS,
     PASSIVE_AUX,
     PHRASES,
@@ -94,7 +102,11 @@ def _fold_dates(tokens: list[str]) -> list[str]:
         nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
         month = day = year = None
         used = 0
-        if (re.fullmatch(r"\d{4}", t) and nxt == "-" and i + 4 < len(tokens)
+        if dotted := re.fullmatch(r"(\d{1,2})[./](\d{1,2})[./](\d{4})", t):
+            # day.month.year, the order most of the world writes
+            day, month, year, used = (int(dotted.group(1)), int(dotted.group(2)),
+                                      dotted.group(3), 1)
+        elif (re.fullmatch(r"\d{4}", t) and nxt == "-" and i + 4 < len(tokens)
                 and tokens[i + 3] == "-" and tokens[i + 2].isdigit() and tokens[i + 4].isdigit()):
             year, month, day, used = t, int(tokens[i + 2]), int(tokens[i + 4]), 5
         elif t.startswith("month:") and nxt.isdigit() and 1 <= int(nxt) <= 31:
@@ -110,11 +122,18 @@ def _fold_dates(tokens: list[str]) -> list[str]:
                 year, used = after, used + 1
             out.append(f"date:{month}-{day}" + (f"-{year}" if year else ""))
             i += used
+        elif (re.fullmatch(r"1[5-9]\d\d|20\d\d", t) and not nxt.startswith("unit:")
+              and nxt not in OPERATOR_SET and (not out or out[-1] not in OPERATOR_SET)):
+            # A bare year is a date, not an operand: "in 2002, hired 14" = "hired 14 in 2002".
+            out.append(f"year:{t}")
+            i += 1
         else:
             out.append(t)
             i += 1
     return out
 
+
+OPERATOR_SET = frozenset(OPERATOR_WORDS.values()) | {"^", "=", "times", "divided", "x"}
 
 # One pass over every phrase, the longest first.
 _PHRASE = re.compile(
@@ -169,7 +188,7 @@ def read(text: str) -> Reading:
     negations = 0
     for i, tok in enumerate(tokens):
         nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
-        if tok.startswith(("date:", "weekday:")):
+        if tok.startswith(("date:", "weekday:", "year:")):
             dates.append(tok)
         elif (i > 0 and tokens[i - 1] in {"#", "no", "number"} and _number(tok) is not None) or (
                 re.search(r"\d", tok) and re.search(r"[a-z]", tok)):
@@ -204,10 +223,16 @@ def read(text: str) -> Reading:
 
 
 def _agent_first(tokens: list[str], names: frozenset[str]) -> list[str]:
-    """The names in the order of their roles: "B was paid by A" reads as "A ... B"."""
+    """The names in the order of their roles: "B was paid by A" reads as "A ... B".
+
+    The name after a passive "by" is the agent, the name after "from" the source ("B got an
+    email from A", "B borrowed from A"): either is put first, so converse wordings of one
+    event agree and a swap of the roles does not.
+    """
     ordered = [t for t in tokens if t in names]
     for i, tok in enumerate(tokens[:-1]):
-        if tok == "by" and tokens[i + 1] in names and PASSIVE_AUX & set(tokens[:i]):
+        if tokens[i + 1] in names and (
+                tok == "from" or (tok == "by" and PASSIVE_AUX & set(tokens[:i]))):
             agent = tokens[i + 1]
             ordered.remove(agent)
             ordered.insert(0, agent)
@@ -232,13 +257,91 @@ def _is_passive(tokens: list[str]) -> bool:
     return "by" in tokens and bool(PASSIVE_AUX & set(tokens[: tokens.index("by")]))
 
 
-def _two_apart_swapped(first: tuple[str, ...], second: tuple[str, ...]) -> bool:
-    """Whether the sequences differ by exchanging two tokens that are not neighbours."""
+def _transposed(first: tuple[str, ...], second: tuple[str, ...], *, apart: bool = False) -> bool:
+    """Whether the sequences differ by exchanging two tokens (``apart``: not neighbours).
+
+    Neighbouring content words trade places in paraphrases ("Vienna weather", "weather in
+    Vienna"); in the whole token sequence a swap of two words is who did what to whom.
+    """
     if len(first) != len(second):
         return False
     diff = [i for i, (x, y) in enumerate(zip(first, second, strict=True)) if x != y]
-    return (len(diff) == 2 and diff[1] - diff[0] > 1
+    return (len(diff) == 2 and (not apart or diff[1] - diff[0] > 1)
             and first[diff[0]] == second[diff[1]] and first[diff[1]] == second[diff[0]])
+
+
+def _substituted(first: tuple[str, ...], second: tuple[str, ...]) -> tuple[str, str] | None:
+    """The one token put in place of another when that is all that differs, else None.
+
+    The same sentence with one content word replaced is how a near-miss is usually written
+    ("the river runs deep" / "shallow", "hold" / "dump" the shares); a paraphrase that changes
+    one word only is rare, and missing it costs one engine run.
+    """
+    if len(first) != len(second):
+        return None
+    diff = [(x, y) for x, y in zip(first, second, strict=True) if x != y]
+    if len(diff) != 1 or _lemmas(diff[0][0]) & _lemmas(diff[0][1]):
+        return None
+    x, y = diff[0]
+    if len(os.path.commonprefix([x, y])) >= 5:
+        return None  # one word in two forms ("weighs" / "weight")
+    return x, y
+
+
+@lru_cache(maxsize=16_384)
+def _lemmas(token: str) -> frozenset[str]:
+    """The token and the base forms it may inflect ("departs", "hired", "easier", "beaten")."""
+    forms = {token}
+    if token in IRREGULAR:
+        forms.add(IRREGULAR[token])
+    for suffix, replacements in (("ies", ("y",)), ("es", ("", "e")), ("s", ("",)),
+                                 ("ied", ("y",)), ("ed", ("", "e")), ("ing", ("", "e")),
+                                 ("ier", ("y",)), ("iest", ("y",)), ("er", ("", "e")),
+                                 ("est", ("", "e")), ("ly", ("",)), ("en", ("", "e"))):
+        if token.endswith(suffix) and len(token) - len(suffix) >= 3:
+            stem = token[: -len(suffix)]
+            forms.update(stem + r for r in replacements)
+            if len(stem) >= 4 and stem[-1] == stem[-2]:  # stopped -> stop
+                forms.add(stem[:-1])
+    return frozenset(forms)
+
+
+# Prefixes that turn a word into its opposite or its mirror image (in/ex-port, up/down-load).
+_MIRROR_PREFIXES = ("un", "dis", "in", "im", "il", "ir", "non", "de", "anti", "ex", "up", "down",
+                    "over", "under", "out", "en", "at", "min", "max", "inc", "dec", "pre", "post")
+
+
+def _opposed(first: str, second: str) -> bool:
+    """Whether two words are antonyms (WordNet) or one prefix away from each other's opposite."""
+    lemmas_first, lemmas_second = _lemmas(first), _lemmas(second)
+    if any(OPPOSITES.get(x, frozenset()) & lemmas_second for x in lemmas_first):
+        return True
+    for x in lemmas_first:
+        for y in lemmas_second:
+            shorter, longer = sorted((x, y), key=len)
+            if len(shorter) >= 4 and longer.endswith(shorter) and (
+                    longer[: -len(shorter)] in NEGATIVE_PREFIXES):
+                return True  # "lock" / "unlock", "able" / "disable"
+            common = len(os.path.commonprefix([x[::-1], y[::-1]]))
+            if common >= 4 and x[:-common] != y[:-common] and (
+                    x[:-common] in _MIRROR_PREFIXES and y[:-common] in _MIRROR_PREFIXES):
+                return True  # "import" / "export", "attach" / "detach", "upload" / "download"
+    return False
+
+
+def _unmatched(tokens: tuple[str, ...], other: tuple[str, ...]) -> list[str]:
+    """Tokens of one text with no token of the other sharing a base form."""
+    other_lemmas = set().union(*(_lemmas(t) for t in other)) if other else set()
+    return [t for t in tokens if not _lemmas(t) & other_lemmas]
+
+
+# Words that relate two arguments: kept in the skeleton, where their order shows the roles.
+_RELATIONAL = ORDER_MARKERS | {"in", "into", "on", "at", "of", "for", "with"}
+
+
+def _skeleton(reading: Reading) -> tuple[str, ...]:
+    """Content words and the relational words between them, without politeness or framing."""
+    return tuple(t for t in reading.tokens if t not in FRAMING or t in _RELATIONAL)
 
 
 def _prefix_antonym_stem(token: str) -> str | None:
@@ -268,6 +371,9 @@ def near_miss_reason(asked: str, cached: str) -> str | None:
         return "unit"
     if a.negations != b.negations:
         return "negation"
+    only_in_a, only_in_b = _unmatched(a.tokens, b.tokens), _unmatched(b.tokens, a.tokens)
+    if any(_opposed(x, y) for x in only_in_a for y in only_in_b):
+        return "antonym"
     axes_a = {axis for axis, _ in a.poles}
     axes_b = {axis for axis, _ in b.poles}
     for axis in axes_a & axes_b:
@@ -294,8 +400,11 @@ def near_miss_reason(asked: str, cached: str) -> str | None:
     if any(t in names for t in only_a) or any(t in names for t in only_b):
         return "entity"
     passive = any(_is_passive(list(r.tokens)) for r in (a, b))
-    if not passive and _two_apart_swapped(a.content, b.content):
+    if not passive and (_transposed(_skeleton(a), _skeleton(b))
+                        or _transposed(a.content, b.content, apart=True)):
         return "order"
+    if _substituted(a.content, b.content) is not None:
+        return "substitution"
     # One name put in place of another ("Bob hired Emma" / "Henry hired Emma"), where the
     # name starts the sentence and so escaped the entity rule.
     written_capitalized = a.capitalized | b.capitalized

@@ -27,6 +27,14 @@ class DeadLetteringConsumer(Consumer):
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         message.reject(requeue=False)
 
+    def connection_for_write(self, url: Any = None, heartbeat: Any = None) -> Any:
+        """The connection of the task event dispatcher (the consumer's only writer with gossip
+        off), without publisher confirms: three events per job each waiting for a confirm cost
+        the worker and RabbitMQ more CPU than the job's own path, and a lost event loses no job
+        (Flower's view is best effort). Task messages (retries) keep their confirms."""
+        return self.ensure_connected(self.app.connection_for_write(
+            url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False}))
+
 
 def kombu_queue(spec: QueueSpec, exchange: Exchange) -> Queue:
     return Queue(
@@ -63,7 +71,7 @@ def create_app(settings: Settings) -> Celery:
         worker_concurrency=settings.worker_slots,
         worker_pool="threads",
         worker_consumer=f"{__name__}:DeadLetteringConsumer",
-        worker_send_task_events=True,
+        worker_send_task_events=settings.task_events,
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=True,

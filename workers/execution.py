@@ -19,13 +19,14 @@ from sqlalchemy import Engine
 
 from infermq.errors import EngineError, InfermqError, SessionError
 from infermq.jobs import JobMessage, JobResult, JobStatus
-from infermq.jobstore import JobRow, begin_attempt, set_status
+from infermq.jobstore import JobRow, set_status
 from infermq.outbox import record_webhook, untried_webhooks
 from infermq.results import JobStateStore
 from infermq.sessions import SessionContext
 from infermq.settings import Settings
 from workers.cache_steps import CacheSteps
 from workers.engines.base import EngineOutput, EngineRequest
+from workers.job_commits import JobCommits
 from workers.session_steps import SessionSteps, Turn
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,15 @@ class JobRunner:
         self.submit_to_engine = submit_to_engine
         self.sessions = SessionSteps(settings, database)
         self.cache = CacheSteps(settings)
+        self.commits = JobCommits(database)
         # Set by the worker entry point when it registers webhook delivery (workers/webhooks.py).
         self.send_webhook: Callable[[int], None] | None = None
+        # Set by the worker entry point: live metrics (workers/metrics.py) see each job start
+        # and end on its model; a routed job that its model fails may go to the router's next
+        # fallback instead of failing (workers/router.py; True: it was republished).
+        self.on_job_started: Callable[[str], None] | None = None
+        self.on_job_ended: Callable[[str, JobResult | None], None] | None = None
+        self.reroute: Callable[[JobMessage, EngineError], bool] | None = None
 
     def run(self, payload: dict[str, Any]) -> JobResult | None:
         """Runs one delivery of a job message.
@@ -74,8 +82,7 @@ class JobRunner:
             # (TurnNotReady) without using up its attempts; ALREADY_DONE falls through to the
             # final-row path below.
             self.sessions.wait_for_turn(message)
-        with self.database.begin() as connection:
-            row = begin_attempt(connection, message.job_id)
+        row = self.commits.begin_attempt(message.job_id)
         if row is None:
             raise DeadLetter(f"job {message.job_id} has no row: it was not submitted by infermq")
         if row.status not in RUNNABLE:
@@ -84,7 +91,8 @@ class JobRunner:
             error = f"gave up after {row.attempts - 1} deliveries that did not finish"
             self._end(message, JobStatus.DEAD, error=error)
             raise DeadLetter(f"job {message.job_id}: {error}")
-        if self.state.is_cancel_requested(message.job_id):
+        # The cancel check and the running mark in one Redis round trip.
+        if not self.state.mark_running_unless_cancelled(message.job_id):
             self._end(message, JobStatus.CANCELLED, error="cancelled before it started")
             return None
         turn: Turn | None = None
@@ -94,7 +102,8 @@ class JobRunner:
             except SessionError as e:
                 self._end(message, JobStatus.FAILED, error=f"{type(e).__name__}: {e}")
                 raise DeadLetter(f"job {message.job_id} failed: {e}") from e
-        self.state.mark_status(message.job_id, JobStatus.RUNNING)
+        if self.on_job_started is not None:
+            self.on_job_started(message.model)
         started = time.monotonic()
         cached = self.cache.lookup(message)
         if cached is not None:
@@ -102,6 +111,10 @@ class JobRunner:
         try:
             output = self._run_engine(message, turn)
         except EngineError as e:
+            if self.on_job_ended is not None:
+                self.on_job_ended(message.model, None)
+            if turn is None and self.reroute is not None and self.reroute(message, e):
+                return None
             self._end(message, JobStatus.FAILED, error=f"{type(e).__name__}: {e}")
             raise DeadLetter(f"job {message.job_id} failed: {e}") from e
         result = JobResult(
@@ -130,21 +143,27 @@ class JobRunner:
 
     def _commit(self, message: JobMessage, result: JobResult, turn: Turn | None) -> JobResult:
         context: SessionContext | None = None
-        if turn is not None:
+        if turn is None:
+            committed = self.commits.commit_done(result, has_webhook=bool(message.webhook_url))
+            changed, outbox_id = committed.changed, committed.outbox_id
+        else:
             context = self.sessions.next_context(message, turn, result.output)
-        with self.database.begin() as connection:
-            changed = set_status(
-                connection,
-                result.job_id,
-                JobStatus.DONE,
-                only_from=RUNNABLE,
-                result=result.model_dump(mode="json"),
-                cache=result.cache,
-            )
-            if changed and turn is not None and context is not None:
-                self.sessions.record_turn(connection, message, turn, context)
-            outbox_id = record_webhook(connection, result) if changed else None
+            with self.database.begin() as connection:
+                changed = set_status(
+                    connection,
+                    result.job_id,
+                    JobStatus.DONE,
+                    only_from=RUNNABLE,
+                    result=result.model_dump(mode="json"),
+                    cache=result.cache,
+                )
+                if changed:
+                    self.sessions.record_turn(connection, message, turn, context)
+                outbox_id = (record_webhook(connection, result)
+                             if changed and message.webhook_url else None)
         self.state.write_result(result)
+        if self.on_job_ended is not None:
+            self.on_job_ended(message.model, result)
         if changed and result.cache == "miss":
             self.cache.store(message, result.output)
         if turn is not None:
@@ -160,7 +179,8 @@ class JobRunner:
                                  error=error, result=result.model_dump(mode="json"))
             if changed:
                 self.sessions.skip_turn(connection, message)
-            outbox_id = record_webhook(connection, result) if changed else None
+            outbox_id = (record_webhook(connection, result)
+                         if changed and message.webhook_url else None)
         self.state.write_result(result)
         if message.session_id is not None:
             self.sessions.after_commit(message.session_id, None)

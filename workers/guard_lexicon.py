@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import re
 
+from workers.guard_antonyms import ANTONYM_PAIRS as WORDNET_ANTONYM_PAIRS
+from workers.guard_antonyms import IRREGULAR_FORMS as WORDNET_IRREGULAR_FORMS
+
 NUMBER_WORDS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
     "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
@@ -51,16 +54,31 @@ for _canon, _spellings in {
     "mph": "mph miles_per_hour", "pct": "% percent per_cent percentage",
     "w": "w watt watts", "kw": "kw kilowatt kilowatts", "v": "volt volts",
     "hz": "hz hertz", "ghz": "ghz gigahertz",
+    "sqm": "m² m2 sqm sq_m square_meter square_meters square_metre square_metres",
+    "sqkm": "km² km2 sq_km square_kilometer square_kilometers square_kilometre square_kilometres",
+    "sqft": "ft² sqft sq_ft square_foot square_feet", "sqmi": "sq_mi square_mile square_miles",
+    "acre": "acre acres", "ha": "ha hectare hectares",
+    "kwh": "kwh kilowatt_hour kilowatt_hours", "wh": "wh watt_hour watt_hours",
+    "j": "j joule joules", "kj": "kj kilojoule kilojoules", "cal": "cal calorie calories",
+    "kcal": "kcal kilocalorie kilocalories", "psi": "psi", "bar": "bar bars",
+    "pa": "pa pascal pascals", "kpa": "kpa kilopascal kilopascals", "atm": "atm atmospheres",
+    "ms": "ms millisecond milliseconds", "ns": "ns nanosecond nanoseconds",
+    "mah": "mah", "mbps": "mbps", "gbps": "gbps", "px": "px pixel pixels",
 }.items():
     for _spelling in _spellings.split():
         UNITS[_spelling] = _canon
 # Unit words that are also everyday words count as units only right after a number.
 UNITS_AFTER_NUMBER_ONLY = {"m", "s", "h", "d", "g", "t", "c", "f", "l", "in", "b", "v", "w",
+                            "j", "ha", "bar", "bars", "pa", "ms", "cal",
                             "second", "seconds", "pound", "pounds", "day", "days", "month",
                             "months", "year", "years", "week", "weeks"}
 
+# The closed class of English negators, and verbs whose complement they deny ("fails to
+# load", "refused to sign", "lacks a window"): general grammar, not this data set's words.
 NEGATIONS = {"not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "without",
-              "nowhere", "cannot", "unable", "lacks", "lack"}
+              "nowhere", "cannot", "unable", "lacks", "lack", "lacked", "lacking", "hardly",
+              "scarcely", "barely", "fail", "fails", "failed", "failing", "refuse", "refuses",
+              "refused", "refusing", "neglect", "neglects", "neglected", "absent", "missing"}
 
 ANTONYM_PAIRS = """
 buy sell|purchase sell|enable disable|activate deactivate|on off|up down|increase decrease|
@@ -118,6 +136,8 @@ PHRASES = {
     "thanks in advance": "thanks", "do not let me forget to": "remind me to",
     "do not forget to": "remember to", "does not work": "broken", "do not work": "broken",
     "is not working": "broken", "does nothing": "broken", "double": "2 times",
+    "no one": "nobody", "not anyone": "nobody", "not anybody": "nobody", "yet to": "not",
+    "square root": "sqrt", "to the power of": "^", "to the power": "^", "raised to": "^",
 }
 # Constructions whose arguments come in the other order: rewritten to the usual order.
 REORDER = [(re.compile(r"\bsubtract (\S+) from (\S+)"), r"\2 minus \1"),
@@ -182,3 +202,18 @@ LEXICON = (set(NUMBER_WORDS) | set(MONTH_OF) | set(WEEKDAY_OF) | set(UNITS)
             | set(ANTONYMS) | set(SYNONYMS) | FRAMING | NEGATIONS | ORDER_MARKERS
             | {"calculate", "convert", "translate", "compute", "write", "sort", "set", "remind",
                "should", "add", "multiply", "divide", "refund", "cancel", "transfer", "move"})
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    return [(left, right) for left, right in (
+        item.split(",") for item in text.replace("\n", "").split("|") if item)]
+
+
+# WordNet's antonyms (``workers/guard_antonyms.py``): word -> the words opposite to it.
+OPPOSITES: dict[str, frozenset[str]] = {}
+for _left, _right in _pairs(WORDNET_ANTONYM_PAIRS):
+    OPPOSITES[_left] = OPPOSITES.get(_left, frozenset()) | {_right}
+    OPPOSITES[_right] = OPPOSITES.get(_right, frozenset()) | {_left}
+IRREGULAR = dict(_pairs(WORDNET_IRREGULAR_FORMS))
+# Multi-word unit spellings ("square feet") are folded to their joined form before lookup.
+PHRASES.update({unit.replace("_", " "): unit for unit in UNITS if "_" in unit})

@@ -7,7 +7,9 @@ Engines are loaded and warmed up before the worker consumes its first message (C
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +24,9 @@ from routing.registry import ModelSpec, load_registry
 from workers.batching import Batcher
 from workers.engines.base import Engine, EngineOutput, EngineRequest
 from workers.execution import JobRunner
+
+if TYPE_CHECKING:
+    from workers.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,10 @@ def make_engine(spec: ModelSpec, settings: Settings) -> Engine:
         from workers.engines.test_engine import TestEngine
 
         return TestEngine(spec, get_redis(settings), RedisKeys(settings.redis_prefix))
+    if spec.engine == "openai":
+        from workers.engines.openai_remote import OpenAIRemoteEngine
+
+        return OpenAIRemoteEngine(spec)
     from workers.engines import build_engine
 
     return build_engine(spec, settings)
@@ -60,6 +69,8 @@ class WorkerRuntime:
             )
         self.specs = [registry.models[n] for n in names]
         self.batchers: dict[str, Batcher] = {}
+        # Set by the worker entry point before start (workers/metrics.py).
+        self.metrics: WorkerMetrics | None = None
         self.runner = JobRunner(
             settings,
             get_engine(settings),
@@ -77,33 +88,49 @@ class WorkerRuntime:
                 torch.set_num_threads(self.settings.torch_threads)
             except ImportError:
                 pass
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.start()
+            self.runner.on_job_started = metrics.job_started
+            self.runner.on_job_ended = metrics.job_ended
         for spec in self.specs:
             engine = make_engine(spec, self.settings)
             log.info("loading model %s (%s engine)", spec.name, spec.engine)
-            engine.load()
-            engine.warm_up()
-            batcher = Batcher(engine, spec.max_batch_size, spec.max_wait_ms)
+            try:
+                engine.load()
+                engine.warm_up()
+            except Exception:
+                if metrics is not None:
+                    metrics.set_state(spec.name, "FAILED")
+                raise
+            hooks = metrics.batcher_hooks(spec.name) if metrics is not None else None
+            batcher = Batcher(engine, spec.max_batch_size, spec.max_wait_ms, hooks=hooks)
             batcher.start()
             self.batchers[spec.name] = batcher
+            if metrics is not None:
+                metrics.set_state(spec.name, "READY")
             log.info("model %s is ready", spec.name)
-        self._enable_semantic_cache()
+        embed = self.embedder()
+        if embed is not None:
+            self.runner.cache.use_embedder(embed)
+            log.info("semantic cache tier on")
 
-    def _enable_semantic_cache(self) -> None:
-        """The semantic cache tier needs an embedder: the first real embedding model served
-        here (the test and noop engines' vectors mean nothing)."""
+    def embedder(self) -> Callable[[list[str]], np.ndarray] | None:
+        """Texts to embeddings with the first real embedding model served here, through its
+        batcher; None when there is none (the test and noop engines' vectors mean nothing).
+        The semantic cache tier and the router task need one."""
         for spec in self.specs:
             if TaskType.EMBED in spec.task_types and spec.engine in ("torch", "vllm"):
                 name = spec.name
 
                 def embed(texts: list[str], name: str = name) -> np.ndarray:
-                    request = EngineRequest(job_id="semantic-cache", task_type=TaskType.EMBED,
+                    request = EngineRequest(job_id="embedder", task_type=TaskType.EMBED,
                                             input=list(texts), priority=9)
                     return np.asarray(self.submit(name, request).result().output,
                                       dtype=np.float32)
 
-                self.runner.cache.use_embedder(embed)
-                log.info("semantic cache tier on, embedding with %s", name)
-                return
+                return embed
+        return None
 
     def submit(self, model: str, request: EngineRequest) -> Future[EngineOutput]:
         return self.batchers[model].submit(request)
@@ -113,3 +140,6 @@ class WorkerRuntime:
         for batcher in self.batchers.values():
             batcher.stop(drain=True)
         self.batchers.clear()
+        self.runner.commits.close()
+        if self.metrics is not None:
+            self.metrics.stop()

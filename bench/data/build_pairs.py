@@ -347,6 +347,149 @@ HELDOUT: list[Scenario] = [
              {"a": "person", "b": "person"}, swap=("a", "b")),
 ]
 
+# --- scenarios: the dev bank (a third set of templates and vocabulary) -------------------
+# Written after the guard's first version, to check generalization while tuning it, without
+# touching the held-out split: its own templates, names, places, unit dimensions (area,
+# energy, pressure, time), date format (dotted day.month.year, "the 3rd of May 2024"),
+# negation forms (fails to, refuses, lacks, without, has yet to, nobody) and antonym pairs.
+
+DEV_BANK = Bank(
+    entities={
+        "person": ["Marcus", "Fatima", "Chen", "Aisha", "Pierre", "Dmitri", "Amara", "Lucas",
+                   "Hana", "Omar", "Zara", "Felix"],
+        "city": ["Athens", "Istanbul", "Bangkok", "Stockholm", "Warsaw", "Zurich", "Manila",
+                 "Jakarta", "Osaka", "Seattle", "Atlanta", "Hamburg", "Rio de Janeiro",
+                 "Mexico City"],
+        "country": ["Greece", "Turkey", "Thailand", "Sweden", "Argentina", "Ireland", "India",
+                    "Morocco"],
+        "company": ["Samsung", "Oracle", "Nike", "Uber", "Airbnb", "Sony"],
+        "lang": ["Italian", "Korean", "Arabic", "Hindi"],
+        "animal": ["cheetah", "horse", "elephant", "dolphin", "eagle", "wolf", "rabbit", "tiger"],
+        "folder": ["documents", "downloads", "desktop", "pictures", "music", "archive"],
+        "dish": ["lasagna", "risotto", "paella", "ramen", "curry", "goulash"],
+    },
+    units={
+        "area": {"sqm": ["square meters", "m²", "sq m"], "sqft": ["square feet", "sq ft"],
+                 "acre": ["acres"], "ha": ["hectares", "ha"]},
+        "energy": {"kwh": ["kWh", "kilowatt hours"], "j": ["joules", "J"],
+                   "kcal": ["kcal", "kilocalories"]},
+        "pressure": {"psi": ["psi"], "bar": ["bar"], "kpa": ["kPa", "kilopascals"]},
+        "time": {"wk": ["weeks", "wks"], "d": ["days"], "h": ["hours", "hrs"],
+                 "min": ["minutes", "mins"]},
+    },
+    date_style="dev",
+)
+
+DEV: list[Scenario] = [
+    Scenario("generate", ["What is {a} to the power of {b}?", "Raise {a} to the {b}th power.",
+                          "Compute {a}^{b}.", "{a} raised to the power {b} is what?"],
+             {"a": "num_small", "b": "num_small"}, swap=("a", "b")),
+    Scenario("generate", ["What is the square root of {n}?", "Calculate the square root of {n}.",
+                          "sqrt({n}) = ?", "Find the root of {n}, the square one."],
+             {"n": "num"}),
+    Scenario("generate", ["Is a {a} faster than a {b}?", "Can a {a} run faster than a {b}?",
+                          "Which is quicker, is it the {a} rather than the {b}?"],
+             {"a": "animal", "b": "animal"}, swap=("a", "b")),
+    Scenario("generate", ["What language do people speak in {c}?", "Which language is spoken in {c}?",
+                          "In {c}, what do people speak?", "Main language of {c}?"],
+             {"c": "country"}),
+    Scenario("generate", ["How far is {a} from {b}?", "What is the distance from {a} to {b}?",
+                          "Distance between {a} and {b}?"],
+             {"a": "city", "b": "city"}),
+    Scenario("generate", ["Move all files from {a} to {b}.", "Transfer every file in {a} into {b}.",
+                          "Copy the files from the {a} folder over to {b} and delete the originals."],
+             {"a": "folder", "b": "folder"}, swap=("a", "b")),
+    Scenario("generate", ["Give me a recipe for {x} that {v} meat.", "Share a {x} recipe {v2} meat.",
+                          "I want to cook {x}, {v2} meat: what's a good recipe?"],
+             {"x": "dish"}, antonyms={"v": [(("includes",), ("excludes", "omits"))]},
+             inflect={"includes": "with", "excludes": "without", "omits": "without"}),
+    Scenario("generate", ["How do I {v} a file to the email?", "What's the way to {v} a file to an email?",
+                          "Show me how to {v} an attachment to my email."],
+             {}, antonyms={"v": [(("attach",), ("detach",))]}),
+    Scenario("generate", ["How can I {v} my screen brightness?", "Steps to {v} the brightness of my screen.",
+                          "How do I {v} brightness on the display?"],
+             {}, antonyms={"v": [(("increase", "raise"), ("decrease", "reduce", "lower"))]}),
+    Scenario("generate", ["Should the field be {v}?", "Is it better to make the field {v}?",
+                          "Would you make this field {v}?"],
+             {}, antonyms={"v": [(("mandatory", "required"), ("optional",))]}),
+    Scenario("generate", ["Convert {n} {u} to {v}.", "How many {v} is {n} {u}?",
+                          "{n} {u} in {v}, please."],
+             {"n": "num", "u": "unit_area", "v": "unit_area"}, swap=("u", "v")),
+    Scenario("generate", ["How much energy is {n} {u}?", "Explain how big {n} {u} of energy is.",
+                          "Put {n} {u} of energy in perspective."],
+             {"n": "num", "u": "unit_energy"}),
+    Scenario("generate", ["Who won the match between {a} and {b} on {d}?",
+                          "Result of the {a} vs {b} game on {d}?",
+                          "On {d}, {a} played {b}: who won?"],
+             {"a": "city", "b": "city", "d": "date"}),
+    Scenario("generate", ["Did {a} beat {b} at chess?", "Has {a} ever beaten {b} at chess?",
+                          "Was {b} defeated by {a} in chess?", "Did {a} win against {b} at chess?"],
+             {"a": "person", "b": "person"}, swap=("a", "b")),
+    Scenario("generate", ["Is it [|not ]legal to fly a drone in {c}?", "Can you [|not ]legally fly drones in {c}?",
+                          "Are drones [allowed|forbidden] in {c}?"],
+             {"c": "country"}),
+    Scenario("generate", ["What happened in {c} in {y}?", "Tell me about {c} in the year {y}.",
+                          "Major events in {c}, {y}?"],
+             {"c": "country", "y": "year"}),
+    Scenario("generate", ["Should I {v} {co} stock this week?", "Is this a good week to {v} {co} shares?",
+                          "Do you recommend that I {v} shares of {co} now?"],
+             {"co": "company"}, antonyms={"v": [(("hold",), ("dump",))]}),
+    Scenario("classify", ["The app [loads|fails to load] my photos.", "My photos [|don't ]load in the app.",
+                          "Photos [|never ]show up in the app."],
+             {}),
+    Scenario("classify", ["Booking {b} was {v}.", "My reservation {b} got {v}.",
+                          "Reservation {b}: {v}."],
+             {"b": "booking"}, antonyms={"v": [(("confirmed",), ("cancelled", "declined"))]}),
+    Scenario("classify", ["{p} [agreed|refused] to sign the contract.", "{p} [has|has not] signed the contract.",
+                          "The contract was [|not ]signed by {p}."],
+             {"p": "person"}),
+    Scenario("classify", ["The room [has|lacks] a window.", "There [is a|is no] window in the room.",
+                          "The room comes [with|without] a window."],
+             {}),
+    Scenario("classify", ["The refund for order {o} [arrived|has yet to arrive].",
+                          "I [got|have not got] my refund for order {o}.",
+                          "Order {o} refund: [received|not received]."],
+             {"o": "order_ref"}),
+    Scenario("classify", ["[Everyone|Nobody] answered my ticket.", "My ticket was [|not ]answered by anyone.",
+                          "[Somebody|No one] replied to my ticket."],
+             {}),
+    Scenario("classify", ["The heater is {v} at night.", "At night the heater is {v}.",
+                          "The heater gets {v} during the night."],
+             {}, antonyms={"v": [(("too hot", "too warm"), ("too cold", "too cool"))]}),
+    Scenario("classify", ["The delivery took {n} {u}.", "It took {n} {u} for the delivery to come.",
+                          "Shipping time was {n} {u}."],
+             {"n": "num_small", "u": "unit_time"}),
+    Scenario("embed", ["{a} owes {b} {n} euros.", "{b} is owed {n} euros by {a}.",
+                       "{a} has a debt of {n} euros to {b}."],
+             {"a": "person", "b": "person", "n": "num"}, swap=("a", "b")),
+    Scenario("embed", ["The apartment measures {n} {u}.", "The flat is {n} {u} in size.",
+                       "Floor area of the apartment: {n} {u}."],
+             {"n": "num", "u": "unit_area"}),
+    Scenario("embed", ["The tyre pressure should be {n} {u}.", "Inflate the tyres to {n} {u}.",
+                       "Recommended tyre pressure: {n} {u}."],
+             {"n": "num_small", "u": "unit_pressure"}),
+    Scenario("embed", ["The conference in {c} starts on {d}.", "On {d}, the {c} conference begins.",
+                       "{c} hosts the conference from {d}."],
+             {"c": "city", "d": "date"}),
+    Scenario("embed", ["{a} emailed {b} about the budget on {w}.", "On {w}, {a} wrote to {b} about the budget.",
+                       "{b} got an email from {a} about the budget on {w}."],
+             {"a": "person", "b": "person", "w": "weekday"}, swap=("a", "b")),
+    Scenario("embed", ["The museum is [|not ]open on {w}.", "On {w} the museum [opens|stays closed].",
+                       "You [can|cannot] visit the museum on {w}."],
+             {"w": "weekday"}),
+    Scenario("embed", ["The river is {v} near the bridge.", "Near the bridge, the river is {v}.",
+                       "By the bridge the river runs {v}."],
+             {}, antonyms={"v": [(("deep",), ("shallow",)), (("wide",), ("narrow",))]}),
+    Scenario("embed", ["The lecture was {v}.", "I found the lecture {v}.", "That lecture: {v}."],
+             {}, antonyms={"v": [(("boring",), ("interesting", "exciting")),
+                                 (("easy", "simple"), ("hard", "difficult"))]}),
+    Scenario("embed", ["{co} {v} {n} workers in {y}.", "In {y}, {co} {v} {n} employees.",
+                       "{n} people were {v} by {co} in {y}."],
+             {"co": "company", "n": "num", "y": "year"},
+             antonyms={"v": [(("hired", "recruited"), ("laid off", "dismissed"))]}),
+]
+
+
 def render_number(rng: random.Random, value: float, allow_words: bool) -> str:
     if float(value).is_integer():
         ivalue = int(value)
@@ -363,6 +506,9 @@ def render_date(rng: random.Random, value: tuple[int, int, int], style: str) -> 
     if style == "tuning":
         return rng.choice([f"{name} {day}", f"{day} {name}", f"{name} {day}{suffix}",
                            f"the {day}{suffix} of {name}"])
+    if style == "dev":
+        return rng.choice([f"{day:02d}.{month:02d}.{year}", f"the {day}{suffix} of {name} {year}",
+                           f"{name} {day}{suffix}, {year}"])
     return rng.choice([f"{year}-{month:02d}-{day:02d}", f"{name[:3]} {day}, {year}",
                        f"{day} {name} {year}"])
 
@@ -400,6 +546,10 @@ def slot_value(rng: random.Random, kind: str, bank: Bank) -> object:
         return f"INV-{rng.randint(2019, 2026)}-{rng.randint(100, 999)}"
     if kind == "ticket":
         return f"TK{rng.randint(10000, 99999)}"
+    if kind == "booking":
+        return f"BK-{rng.randint(100000, 999999)}"
+    if kind == "order_ref":
+        return f"no. {rng.randint(1000, 99999)}"
     raise ValueError(f"unknown slot kind {kind}")
 
 
@@ -421,7 +571,7 @@ def mutate(rng: random.Random, kind: str, value: object, bank: Bank) -> object:
         elif kind == "date" and isinstance(value, tuple) and rng.random() < 0.6:
             y, m, d = value
             # The tuning bank writes no year: a year-only change would not be a near-miss.
-            years = [(y + 1, m, d)] if bank.date_style == "heldout" else []
+            years = [(y + 1, m, d)] if bank.date_style in {"heldout", "dev"} else []
             other = rng.choice([(y, m, d % 28 + 1), (y, m % 12 + 1, d), *years])
         else:
             other = slot_value(rng, kind, bank)
@@ -508,12 +658,14 @@ def initial(rng: random.Random, scenario: Scenario, bank: Bank) -> tuple[dict[st
 def families_of(scenario: Scenario) -> list[str]:
     kinds = set(scenario.slots.values())
     found = []
-    if kinds & {"num", "num_signed", "num_small", "num_dec", "year", "order_id", "sku", "invoice", "ticket"}:
+    if kinds & {"num", "num_signed", "num_small", "num_dec", "year", "order_id", "sku", "invoice", "ticket",
+                 "booking", "order_ref"}:
         found.append("number")
     if any("[" in form for form in scenario.forms):
         found.append("negation")
     if kinds & {"person", "city", "country", "company", "lang", "code", "team", "account",
-                "order_id", "sku", "invoice", "ticket"}:
+                "order_id", "sku", "invoice", "ticket", "animal", "folder", "dish", "booking",
+                "order_ref"}:
         found.append("entity")
     if any(k.startswith("unit_") for k in kinds):
         found.append("unit")
@@ -542,9 +694,11 @@ def near_miss(rng: random.Random, scenario: Scenario, family: str, values: dict[
         poles[name] = 1 - poles[name]
         return values, negated, poles
     wanted = {
-        "number": {"num", "num_signed", "num_small", "num_dec", "year", "order_id", "sku", "invoice", "ticket"},
+        "number": {"num", "num_signed", "num_small", "num_dec", "year", "order_id", "sku", "invoice", "ticket",
+                   "booking", "order_ref"},
         "entity": {"person", "city", "country", "company", "lang", "code", "team", "account",
-                   "order_id", "sku", "invoice", "ticket"},
+                   "order_id", "sku", "invoice", "ticket", "animal", "folder", "dish", "booking",
+                   "order_ref"},
         "unit": {k for k in kinds.values() if k.startswith("unit_")},
         "date": {"date", "weekday", "year"},
     }[family]
@@ -604,6 +758,9 @@ def build(scenarios: list[Scenario], bank: Bank, split: str, seed: int,
 HEADER = {
     "heldout": "held-out split: HELDOUT scenarios and vocabulary of bench/data/build_pairs.py, "
                "written and frozen before any tuning; hand-written templates, no public data",
+    "dev": "dev split: DEV scenarios and vocabulary of bench/data/build_pairs.py, written and "
+           "frozen after the guard's first version to check generalization while tuning; "
+           "hand-written templates, no public data",
     "tuning": "tuning split: TUNING scenarios and vocabulary of bench/data/build_pairs.py; "
               "hand-written templates, no public data",
 }
@@ -626,12 +783,14 @@ def read_pairs(path: Path) -> list[dict[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", choices=["heldout", "tuning", "both"], default="both")
+    parser.add_argument("--split", choices=["heldout", "tuning", "dev", "both"], default="both")
     args = parser.parse_args()
     if args.split in {"heldout", "both"}:
         print(write(build(HELDOUT, HELDOUT_BANK, "heldout", 5, 350, 60), "heldout"))
     if args.split in {"tuning", "both"}:
         print(write(build(TUNING, TUNING_BANK, "tuning", 7, 900, 110), "tuning"))
+    if args.split == "dev":
+        print(write(build(DEV, DEV_BANK, "dev", 11, 400, 70), "dev"))
 
 
 if __name__ == "__main__":

@@ -106,6 +106,10 @@ class Engine(ABC):
     supports_continuous_batching: bool = False
     """True for engines that schedule requests themselves (vLLM): the batcher then hands each
     request to ``submit`` at once instead of closing batches."""
+    launches_gpu_work: bool = False
+    """True when the batcher thread spends its time in Python launching GPU kernels: the
+    batcher then shortens the GIL switch interval (see ``Batcher.start``). On the CPU, or for
+    engines that do nothing, a short interval only makes the task threads thrash the GIL."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec

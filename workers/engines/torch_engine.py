@@ -81,6 +81,7 @@ class TorchEngine(Engine):
         self.models_dir = models_dir
         self.device = choose_device(device)
         self.dtype = choose_dtype(dtype, self.device)
+        self.launches_gpu_work = self.device.type == "cuda"
         # Fixed shapes pay on a GPU (launch-bound, shape-sensitive) and cost on a CPU, where
         # every padded row is real arithmetic.
         self.static_shapes = self.device.type == "cuda" if static_shapes is None else static_shapes

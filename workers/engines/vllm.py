@@ -54,6 +54,7 @@ class VllmEngine(Engine):
     """Generation on vLLM's AsyncLLMEngine, driven from an event loop on its own thread."""
 
     supports_continuous_batching = True
+    launches_gpu_work = True
 
     def __init__(self, spec: ModelSpec, models_dir: Path, dtype: str | None = None,
                  gpu_memory_utilization: float = 0.9) -> None:

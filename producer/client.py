@@ -1,7 +1,9 @@
 """The client SDK: submit a job, get a handle at once, wait for its result without polling.
 
-``Client.submit`` validates (a typed error and nothing written for bad input), writes the job
-row as ``submitting``, publishes with a broker confirm, then marks the job ``queued``.
+``Client.submit`` validates (a typed error and nothing written for bad input), answers an
+exact repeat from the cache, writes the job row as ``submitting`` (grouped with concurrent
+submits), publishes with a broker confirm, then marks the job ``queued``: at once in Redis,
+written behind in PostgreSQL (the worker treats ``submitting`` and ``queued`` alike).
 """
 
 from __future__ import annotations

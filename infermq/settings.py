@@ -58,6 +58,17 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=32, ge=1)
     max_wait_ms: float = Field(default=5.0, ge=0)
     torch_threads: int | None = Field(default=None, ge=1)
+    device_memory_mib: int | None = Field(
+        default=None, ge=0,
+        description="the worker's device memory budget for model weights (registry memory_mib); "
+        "models that do not fit, by load_priority, stay unloaded; None: no limit",
+    )
+    model_load_attempts: int = Field(
+        default=3, ge=1, description="loads of one model at worker start before giving up on it"
+    )
+    model_load_backoff_s: float = Field(
+        default=5.0, ge=0, description="wait before a failed model load's first retry; doubles"
+    )
     device: str | None = Field(default=None, description="torch device; CUDA when present")
     torch_dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
         default=None, description="weights' dtype; float16 on CUDA and float32 on CPU if unset"

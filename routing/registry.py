@@ -48,6 +48,9 @@ class ModelSpec(BaseModel):
     source: str = "none"
     revision: str = "0"
     memory_mib: int = Field(ge=0)
+    load_priority: int = Field(
+        default=0, description="higher loads first at worker start, within the memory budget"
+    )
     max_batch_size: int = Field(default=32, ge=1)
     max_wait_ms: float = Field(default=5.0, ge=0)
     slots: int | None = Field(default=None, ge=1, description="task threads; default batch size")

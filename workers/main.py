@@ -44,32 +44,29 @@ def run_worker(
     topology = app.conf.infermq_topology
     names = topology.names
     model_queues = {spec.name: [names.for_model(task.value, spec.name)
-                                for task in spec.task_types] for spec in runtime.specs}
-    queues = [queue for per_model in model_queues.values() for queue in per_model]
-    # Webhook deliveries share the task threads but never an engine: no GPU slot is held.
-    queues.append(names.webhooks)
-    routes = runtime.embedder() is not None
-    if routes:
-        queues.append(names.route)
+                                for task in spec.task_types] for spec in runtime.admitted}
     name = hostname or f"infermq-{os.getpid()}@{socket.gethostname()}"
     runtime.metrics = WorkerMetrics(settings, host_format(name), model_queues,
                                     get_redis(settings))
     publisher = ConfirmedJobPublisher(app, topology, settings.publish_confirm_timeout_s)
     runtime.runner.reroute = Fallbacks(runtime.runner.database, runtime.runner.state,
                                        publisher).reroute
-
-    def start_runtime(**_: Any) -> None:
-        runtime.start()
-        embed = runtime.embedder()
-        if routes and embed is not None:
-            router_slot.router = JobRouter(settings, runtime.runner.cache.registry,
-                                           runtime.runner.database, runtime.runner.state,
-                                           publisher, embed)
+    # The models load before Celery starts, so that only READY models' queues are consumed: a
+    # model that did not fit the memory budget or failed to load leaves its queue to others.
+    runtime.start()
+    queues = [queue for spec in runtime.ready_specs for queue in model_queues[spec.name]]
+    # Webhook deliveries share the task threads but never an engine: no GPU slot is held.
+    queues.append(names.webhooks)
+    embed = runtime.embedder()
+    if embed is not None:
+        queues.append(names.route)
+        router_slot.router = JobRouter(settings, runtime.runner.cache.registry,
+                                       runtime.runner.database, runtime.runner.state,
+                                       publisher, embed)
 
     def stop_runtime(**_: Any) -> None:
         runtime.stop()
 
-    signals.worker_init.connect(start_runtime, weak=False)
     signals.worker_shutdown.connect(stop_runtime, weak=False)
     app.worker_main(
         [

@@ -9,6 +9,7 @@ the engine, kill the worker there, or make one job fail:
   words before it were streamed, so a test sees a job paused mid-generation;
 - ``crash ...``: kill the worker process (SIGKILL), as a segfaulting model would;
 - ``fail ...``: fail this job alone with ``EngineInputError``;
+- a model whose registry ``source`` is ``"fail"``: its ``load`` raises ``EngineError``;
 - anything else: embed → 8 floats derived from the text, generate → the text echoed back one
   word per step (a chat: every turn it saw, prefixed by the model's name), classify → a fixed
   label.
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 
 import redis
 
-from infermq.errors import EngineInputError
+from infermq.errors import EngineError, EngineInputError
 from infermq.jobs import ChatMessage, TaskType
 from infermq.keys import RedisKeys
 from routing.registry import ModelSpec
@@ -45,6 +46,9 @@ class TestEngine(Engine):
         self.keys = keys
 
     def load(self) -> None:
+        # A model whose registry source is "fail" cannot be loaded: tests of the cold start.
+        if self.spec.source == "fail":
+            raise EngineError(f"the test engine was told to fail loading {self.spec.name}")
         return None
 
     def warm_up(self) -> None:

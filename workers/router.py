@@ -271,7 +271,7 @@ class JobRouter:
 
 
 class RouterSlot:
-    """Holds the worker's router once its embedder is loaded (after ``worker_init``)."""
+    """Holds the worker's router once its embedder is loaded (once the runtime has started)."""
 
     router: JobRouter | None = None
 

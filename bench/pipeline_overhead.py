@@ -59,6 +59,7 @@ from infermq.keys import QueueNames
 from infermq.migrate import upgrade_to_head
 from infermq.settings import Settings
 from producer.client import Client
+from producer.publisher import delete_topology
 from routing.registry import load_registry
 from routing.topology import build_topology
 
@@ -285,15 +286,9 @@ def delete_queues(settings: Settings, extra: list[str]) -> None:
     names = QueueNames(settings.namespace)
     topology = build_topology(load_registry(settings.registry_path), names,
                               settings.queue_max_length)
-    queues = [q.name for q in topology.work_queues] + [
-        topology.webhook_queue.name, topology.dead_queue.name, *extra]
     connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
     try:
-        channel = connection.channel()
-        for queue in queues:
-            channel.queue_delete(queue)
-        for exchange in (names.exchange, names.dead_letter_exchange):
-            channel.exchange_delete(exchange)
+        delete_topology(connection.channel(), topology, extra)
     finally:
         with contextlib.suppress(Exception):
             connection.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -190,3 +191,15 @@ def declare_topology(channel: Any, topology: Topology) -> None:
     dead = topology.dead_queue
     channel.queue_declare(dead.name, durable=True, arguments=dead.arguments)
     channel.queue_bind(dead.name, names.dead_letter_exchange, routing_key="")
+
+
+def delete_topology(channel: Any, topology: Topology, extra_queues: Sequence[str] = ()) -> None:
+    """Deletes every queue and exchange of ``topology`` (and ``extra_queues``): the undo of
+    ``declare_topology``, for tests and benchmarks that own a namespace."""
+    names = topology.names
+    queues = [q.name for q in (*topology.work_queues, topology.webhook_queue,
+                               topology.dead_queue)]
+    for queue in (*queues, *extra_queues):
+        channel.queue_delete(queue)
+    for exchange in (names.exchange, names.dead_letter_exchange):
+        channel.exchange_delete(exchange)

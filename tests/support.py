@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import pika
 
 from infermq.keys import QueueNames
 from infermq.settings import Settings
+from producer.publisher import delete_topology
 from routing.registry import load_registry
 from routing.topology import build_topology
 
@@ -32,24 +34,16 @@ def queue_depth(settings: Settings, queue: str) -> int:
             connection.close()
 
 
-def delete_namespace(settings: Settings) -> None:
+def delete_namespace(settings: Settings, extra_queues: Sequence[str] = ()) -> None:
     """Deletes every queue and exchange of the settings' namespace."""
     names = QueueNames(settings.namespace)
     topology = build_topology(
         load_registry(settings.registry_path), names, settings.queue_max_length
     )
-    queues = [q.name for q in topology.work_queues] + [
-        topology.webhook_queue.name,
-        topology.dead_queue.name,
-        f"{settings.namespace}.delay",
-    ]
+    delays = [names.webhook_delay(n) for n in range(settings.webhook_max_attempts + 1)]
     connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
     try:
-        channel = connection.channel()
-        for queue in queues:
-            channel.queue_delete(queue)
-        for exchange in (names.exchange, names.dead_letter_exchange):
-            channel.exchange_delete(exchange)
+        delete_topology(connection.channel(), topology, [*delays, *extra_queues])
     finally:
         with contextlib.suppress(Exception):
             connection.close()

@@ -5,7 +5,7 @@ vs always-small, and how often the routed choice matched the labelled right mode
 
 Workload: 1,000 requests drawn (fixed seed) from the frozen held-out split, 30 % greetings,
 30 % FAQ, 40 % hard; Poisson arrivals. Classification is real: MiniLM embeddings and
-``routing.request_classes.PrototypeClassifier``, its measured time charged to the routed policy
+``routing.request_classes.RequestClassifier``, its measured time charged to the routed policy
 as router engine time. Engine time is a stated cost model (the torch engines were not written
 yet), per request on a model of P parameters:
 
@@ -43,9 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from routing.registry import load_registry  # noqa: E402
 from routing.request_classes import (  # noqa: E402
-    PrototypeClassifier,
+    RequestClassifier,
     choose_model_for_class,
     load_request_classes,
+    load_training_requests,
 )
 
 HELDOUT = Path(__file__).parent / "data" / "requests_heldout.jsonl"
@@ -113,7 +114,7 @@ def main() -> None:
         return np.asarray(encoder.encode(texts, normalize_embeddings=True, batch_size=64))
 
     registry, classes = load_registry(), load_request_classes()
-    classifier = PrototypeClassifier(classes, embed)
+    classifier = RequestClassifier(classes, embed, load_training_requests())
     requests = workload()
     started = time.perf_counter()
     predicted = classifier.classify([r.text for r in requests])

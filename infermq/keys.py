@@ -145,3 +145,7 @@ DELIVER_WEBHOOK_TASK = "infermq.deliver_webhook"
 
 SWEEP_SESSIONS_TASK = "infermq.sweep_sessions"
 """The periodic Celery task (sent by ``infermq beat``) that sleeps and ends idle sessions."""
+
+DRAIN_WORKER_COMMAND = "infermq_drain"
+"""The Celery remote-control command that makes a worker stop consuming every queue and report
+its models DRAINING: the first step of a scale-down (workers/local_scaling.py)."""

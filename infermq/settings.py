@@ -61,13 +61,20 @@ class Settings(BaseSettings):
     device_memory_mib: int | None = Field(
         default=None, ge=0,
         description="the worker's device memory budget for model weights (registry memory_mib); "
-        "models that do not fit, by load_priority, stay unloaded; None: no limit",
+        "models that do not fit, by load_priority, load when their queue has jobs, evicting the "
+        "least recently used idle ones; None: no limit",
     )
     model_load_attempts: int = Field(
-        default=3, ge=1, description="loads of one model at worker start before giving up on it"
+        default=3, ge=1,
+        description="loads of one model in a row before the worker gives up on it (until restart)",
     )
     model_load_backoff_s: float = Field(
         default=5.0, ge=0, description="wait before a failed model load's first retry; doubles"
+    )
+    model_demand_poll_s: float = Field(
+        default=1.0, gt=0,
+        description="how often a worker looks for queued jobs of its models that are not loaded, "
+        "to load them on demand (evicting idle ones when the budget is short)",
     )
     device: str | None = Field(default=None, description="torch device; CUDA when present")
     torch_dtype: Literal["float32", "float16", "bfloat16"] | None = Field(

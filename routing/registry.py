@@ -49,7 +49,8 @@ class ModelSpec(BaseModel):
     revision: str = "0"
     memory_mib: int = Field(ge=0)
     load_priority: int = Field(
-        default=0, description="higher loads first at worker start, within the memory budget"
+        default=0, description="higher loads first, at worker start and when several models' "
+        "jobs wait, within the memory budget"
     )
     max_batch_size: int = Field(default=32, ge=1)
     max_wait_ms: float = Field(default=5.0, ge=0)

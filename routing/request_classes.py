@@ -2,15 +2,20 @@
 
 Seed 001's rule: greetings and FAQs to a small model, hard tasks (contract parsing, technical
 documents) to a large one. The classes and their example requests live in
-``routing/request_classes.toml``; a nearest-prototype classifier compares a request's embedding
-with the examples' embeddings. The embedder is a parameter (the worker has one loaded; tests
-build MiniLM), so this module imports neither torch nor sentence-transformers.
+``routing/request_classes.toml``, more labelled requests in ``routing/request_examples.jsonl``; a
+logistic regression over their sentence embeddings learns the classes. The embedder is a
+parameter (the worker has one loaded; tests build MiniLM), so this module imports neither torch
+nor sentence-transformers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
 import tomllib
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,8 +32,12 @@ from routing.qos import ErrorCooldowns, QosChoice, QosPolicy, choose_by_qos
 from routing.registry import Registry
 
 SHIPPED_REQUEST_CLASSES = Path(__file__).with_name("request_classes.toml")
+SHIPPED_TRAINING_REQUESTS = Path(__file__).with_name("request_examples.jsonl")
 MAX_CLASSIFIED_CHARS = 2000
 MAX_INSTRUCTION_CHARS = 120
+EMBED_CHUNK = 64
+FEATURES_VERSION = 1
+"""Bumped whenever ``RequestClassifier._features`` changes, so cached features go stale."""
 
 Embed = Callable[[list[str]], np.ndarray]
 """Texts to L2-normalised embedding rows, one per text."""
@@ -44,11 +53,6 @@ class RequestClass(BaseModel):
     size_class: Literal["small", "large"]
     description: str = ""
     examples: tuple[str, ...] = Field(min_length=1)
-    min_chars: int = Field(default=0, ge=0, description="shorter requests are rarely this class")
-    max_chars: int | None = Field(default=None, ge=1, description="longer ones rarely are")
-
-    def length_fits(self, chars: int) -> bool:
-        return chars >= self.min_chars and (self.max_chars is None or chars <= self.max_chars)
 
 
 @lru_cache(maxsize=8)
@@ -67,6 +71,32 @@ def load_request_classes(path: Path | None = None) -> dict[str, RequestClass]:
         }
     except (OSError, tomllib.TOMLDecodeError, ValidationError, TypeError) as e:
         raise ConfigError(f"cannot read the request classes {path}: {e}") from e
+
+
+class LabelledRequest(BaseModel):
+    """One request with the class it belongs to: a row the classifier learns from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str = Field(min_length=1)
+    label: str
+
+
+@lru_cache(maxsize=8)
+def load_training_requests(path: Path | None = None) -> tuple[LabelledRequest, ...]:
+    """The labelled requests at ``path`` (JSON lines with ``text`` and ``label``), or the ones
+    shipped with infermq (written by ``bench/data/generate_requests.py`` from its tuning
+    families; never from the held-out split).
+
+    Raises:
+        ConfigError: the file is missing or a line is malformed.
+    """
+    path = path or SHIPPED_TRAINING_REQUESTS
+    try:
+        return tuple(LabelledRequest.model_validate(json.loads(line))
+                     for line in path.read_text().splitlines() if line.strip())
+    except (OSError, json.JSONDecodeError, ValidationError) as e:
+        raise ConfigError(f"cannot read the labelled requests {path}: {e}") from e
 
 
 def request_text(job_input: JobInput) -> str:
@@ -91,17 +121,20 @@ def instruction_head(text: str) -> str | None:
 
     In "Assign a priority to: our payroll run failed" the payload dominates a sentence
     embedding, and the request looks like whatever the payload talks about; the words before
-    the first colon, question mark or line break say what kind of task it is.
+    the first colon, question mark or line break say what kind of task it is. A colon counts
+    only before white space or the end, so the colon of an emoticon (":)") cuts nothing.
     """
-    cut = min((i for i in (text.find(":"), text.find("?"), text.find("\n")) if i > 0), default=-1)
-    if cut <= 0 or cut > MAX_INSTRUCTION_CHARS or not text[cut + 1 :].strip():
+    colon = re.search(r":(?=\s|$)", text)
+    cut = min((i for i in (colon.start() if colon else -1, text.find("?"), text.find("\n"))
+               if i > 0), default=-1)
+    if cut <= 0 or cut > MAX_INSTRUCTION_CHARS or not re.search(r"\w", text[cut + 1 :]):
         return None
     return text[:cut].strip()
 
 
 @dataclass(frozen=True)
 class Classification:
-    """A request's class, with every class's score (mean similarity of its nearest examples)."""
+    """A request's class, with every class's score (its probability under the classifier)."""
 
     request_class: str
     score: float
@@ -114,74 +147,111 @@ class Classification:
         return ordered[0] - ordered[1] if len(ordered) > 1 else ordered[0]
 
 
-class PrototypeClassifier:
-    """Nearest-prototype classification over the classes' example requests.
+class RequestClassifier:
+    """A learned request classifier: logistic regression over sentence embeddings.
 
-    A class's score for a request is the mean cosine similarity of its ``top_k`` most similar
-    examples: one centroid per class blurs a class as varied as "hard" (contracts and device
-    drivers), while a single nearest example is noisy; the mean of a few is neither. A request
-    of the shape "instruction: payload" is scored on the whole text and on its instruction
-    alone, and a class's score is the two blended with ``head_weight`` on the instruction (see
-    ``instruction_head``). Length is the one signal besides meaning: a contract to parse comes
-    with the contract, so a class whose ``min_chars``/``max_chars`` excludes the request's
-    length loses ``length_penalty`` (a soft prior: a strong match still wins).
+    Each request becomes one feature row: the embedding of the whole text, the embedding of its
+    instruction (``instruction_head``; the whole text again when it has none), a flag for
+    whether it has one, and its length (log chars, and whether it passes the 150 and 400 chars
+    that separate a pasted document from a chat line). A nearest-prototype rule over the same
+    embeddings (the first router) lost the "hard" class on documents whose vocabulary no
+    example shared; a linear model learns which directions of the embedding, and which
+    lengths, tell the classes apart. It is trained at construction, in about a second, on the
+    classes' examples plus the labelled requests in ``training`` (``load_training_requests``),
+    so no weights file is shipped beside the data. Embedding those requests takes longer (tens
+    of seconds on a CPU): ``feature_cache`` names a file, one per embedding model, that keeps
+    their features for the next worker start; it is rebuilt when the requests change.
     """
 
     def __init__(
         self,
         classes: Mapping[str, RequestClass],
         embed: Embed,
-        top_k: int = 3,
-        head_weight: float = 0.6,
-        length_penalty: float = 0.15,
+        training: Sequence[LabelledRequest] = (),
+        regularisation: float = 4.0,
+        feature_cache: Path | None = None,
     ) -> None:
         if not classes:
             raise ConfigError("the request classifier needs at least one request class")
+        from sklearn.linear_model import LogisticRegression
+
         self.classes = dict(classes)
         self.embed = embed
-        self.top_k = top_k
-        self.head_weight = head_weight
-        self.length_penalty = length_penalty
-        self._names = list(self.classes)
-        texts = [ex for name in self._names for ex in self.classes[name].examples]
-        self._owners = np.array(
-            [i for i, name in enumerate(self._names) for _ in self.classes[name].examples]
-        )
-        self._prototypes = np.asarray(embed(texts), dtype=np.float32)
+        rows = [LabelledRequest(text=ex, label=name)
+                for name, spec in self.classes.items() for ex in spec.examples]
+        unknown = sorted({r.label for r in training} - set(self.classes))
+        if unknown:
+            raise ConfigError(f"training requests carry unknown classes {unknown}; known: "
+                              f"{', '.join(self.classes)}")
+        rows += training
+        labels = {r.label for r in rows}
+        if len(labels) < 2:
+            # One class is every request's class; nothing to learn.
+            self._only: str | None = next(iter(labels))
+            return
+        self._only = None
+        # Balanced weights: the classes have unequal numbers of examples, not unequal odds.
+        self._model = LogisticRegression(C=regularisation, max_iter=3000,
+                                         class_weight="balanced")
+        features = self._cached_features([r.text for r in rows], feature_cache)
+        self._model.fit(features, [r.label for r in rows])
 
     def classify(self, texts: list[str]) -> list[Classification]:
-        """The class of each text, in order."""
+        """The class of each text, in order, with every class's probability as its score."""
         if not texts:
             return []
-        heads = [instruction_head(t) for t in texts]
-        extra = [h for h in heads if h is not None]
-        vectors = np.asarray(self.embed(texts + extra), dtype=np.float32)
-        similarity = vectors @ self._prototypes.T
-        head_rows: list[int | None] = []
-        next_row = len(texts)
-        for h in heads:
-            head_rows.append(next_row if h is not None else None)
-            next_row += h is not None
+        if self._only is not None:
+            return [Classification(self._only, 1.0, {self._only: 1.0}) for _ in texts]
+        probabilities = self._model.predict_proba(self._features(texts))
+        names = [str(c) for c in self._model.classes_]
         results = []
-        for row_index, row in enumerate(similarity[: len(texts)]):
-            head_row = head_rows[row_index]
-            scores = {}
-            for i, name in enumerate(self._names):
-                score = self._class_score(row, i)
-                if head_row is not None:
-                    score = (1 - self.head_weight) * score + self.head_weight * self._class_score(
-                        similarity[head_row], i
-                    )
-                if not self.classes[name].length_fits(len(texts[row_index])):
-                    score -= self.length_penalty
-                scores[name] = score
+        for row in probabilities:
+            scores = {name: float(p) for name, p in zip(names, row, strict=True)}
             best = max(scores, key=lambda n: scores[n])
             results.append(Classification(request_class=best, score=scores[best], scores=scores))
         return results
 
-    def _class_score(self, similarities: np.ndarray, class_index: int) -> float:
-        mine = np.sort(similarities[self._owners == class_index])[::-1][: self.top_k]
-        return float(mine.mean())
+    def _cached_features(self, texts: list[str], cache: Path | None) -> np.ndarray:
+        if cache is None:
+            return self._features(texts)
+        key = hashlib.sha256(
+            json.dumps([FEATURES_VERSION, texts], ensure_ascii=False).encode()).hexdigest()
+        try:
+            with np.load(cache) as stored:
+                if str(stored["key"]) == key:
+                    return np.asarray(stored["features"])
+        except (OSError, KeyError, ValueError):
+            pass  # absent, stale or unreadable: computed afresh below
+        features = self._features(texts)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial.npz")
+        np.savez(partial, key=key, features=features)
+        partial.replace(cache)  # atomic: a worker starting beside this one reads all or nothing
+        return features
+
+    def _features(self, texts: list[str]) -> np.ndarray:
+        heads = [instruction_head(t) for t in texts]
+        vectors = self._embed_distinct(texts + [h for h in heads if h is not None])
+        shape = np.array(
+            [[np.log1p(len(t)) / 8.0, float(len(t) >= 150), float(len(t) > 400),
+              float(h is not None)] for t, h in zip(texts, heads, strict=True)],
+            dtype=np.float32,
+        )
+        whole = np.stack([vectors[t] for t in texts])
+        instruction = np.stack([vectors[h if h is not None else t]
+                                for t, h in zip(texts, heads, strict=True)])
+        return np.hstack([whole, instruction, shape])
+
+    def _embed_distinct(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Each distinct text's embedding, asked for ``EMBED_CHUNK`` texts at a time: training
+        embeds about 1,500 texts, and one request that large would outlast a job timeout."""
+        distinct = list(dict.fromkeys(texts))
+        vectors: dict[str, np.ndarray] = {}
+        for i in range(0, len(distinct), EMBED_CHUNK):
+            chunk = distinct[i : i + EMBED_CHUNK]
+            rows = np.asarray(self.embed(chunk), dtype=np.float32)
+            vectors.update(zip(chunk, rows, strict=True))
+        return vectors
 
 
 @dataclass(frozen=True)

@@ -61,10 +61,11 @@ def test_scale_down_drains_a_worker_with_jobs_inside_the_engine_and_loses_none(
                                  timeout=60, check=True).stdout
         assert "echo" in printed and "hold" in printed
 
-        # When the worker is drained: it stops consuming first
+        # When the worker is drained: it stops consuming first, and reports the model DRAINING
         stopped = actuator.stop_consuming(worker)
         assert queue in stopped
         assert consumers_of(settings, queue) == 0
+        wait_for_snapshot(settings, "echo", lambda s: s.state == "DRAINING")
         later = client.submit("generate", "submitted after the drain began")
         finished = threading.Thread(target=actuator.finish_and_stop, args=(worker, WAIT_S))
         finished.start()

@@ -1,6 +1,7 @@
 """Runs one job idempotently, with its PostgreSQL row as the commit point.
 
-The steps of one delivery: count the attempt (dead-letter past the limit) → skip a job that is
+The steps of one delivery: make sure the model is READY here (else give the message back,
+uncounted) → count the attempt (dead-letter past the limit) → skip a job that is
 already final, finishing what happened after its commit → honour a cancel mark → engine (through
 the batcher, tokens streamed to Redis) → one transaction marking the row done → result to Redis
 → return, after which Celery acks the message.
@@ -38,6 +39,10 @@ class DeadLetter(InfermqError):
     """Raised when a delivery must go to the dead-letter queue (the task rejects it)."""
 
 
+class ModelNotReady(InfermqError):
+    """Raised when a delivery's model is not READY in this worker (the task requeues it)."""
+
+
 class JobRunner:
     """Executes job messages; shared by every task thread of a worker."""
 
@@ -63,6 +68,11 @@ class JobRunner:
         self.on_job_started: Callable[[str], None] | None = None
         self.on_job_ended: Callable[[str, JobResult | None], None] | None = None
         self.reroute: Callable[[JobMessage, EngineError], bool] | None = None
+        # Set by the worker runtime (workers/runtime.py): ``hold_model`` admits a job only while
+        # its model is READY here and counts it in flight until ``release_model``, so that a
+        # model being evicted is never pulled from under a job.
+        self.hold_model: Callable[[str], bool] | None = None
+        self.release_model: Callable[[str], None] | None = None
 
     def run(self, payload: dict[str, Any]) -> JobResult | None:
         """Runs one delivery of a job message.
@@ -70,6 +80,8 @@ class JobRunner:
         Raises:
             DeadLetter: the message is malformed, the job failed for good, or it used up its
                 attempts; the caller rejects the message without requeue.
+            ModelNotReady: the model is not READY in this worker (loading, being evicted, or
+                not loaded); nothing was counted or written, the caller requeues the message.
             sqlalchemy/redis errors: transient; the caller retries with backoff.
         """
         try:
@@ -82,6 +94,21 @@ class JobRunner:
             # (TurnNotReady) without using up its attempts; ALREADY_DONE falls through to the
             # final-row path below.
             self.sessions.wait_for_turn(message)
+        if self.hold_model is None:
+            return self._run_held(message, in_session)
+        # Before counting the attempt, as for a session turn: a message that reached this
+        # worker after its model stopped being served (from the prefetch buffer of a cancelled
+        # consumer) is not the job's fault and must not use up its attempts.
+        if not self.hold_model(message.model):
+            raise ModelNotReady(f"job {message.job_id}: model {message.model} is not READY in "
+                                "this worker; requeued for a worker that serves it")
+        try:
+            return self._run_held(message, in_session)
+        finally:
+            if self.release_model is not None:
+                self.release_model(message.model)
+
+    def _run_held(self, message: JobMessage, in_session: bool) -> JobResult | None:
         row = self.commits.begin_attempt(message.job_id)
         if row is None:
             raise DeadLetter(f"job {message.job_id} has no row: it was not submitted by infermq")

@@ -4,10 +4,11 @@
 one period; it reads every worker's snapshots (``infermq.live_metrics``) and, for models that
 no worker serves, the queue depth, and returns one decision per model. ``LocalActuator`` carries
 decisions out here: scale-up starts an ``infermq worker`` process for the model; scale-down
-drains one instance first (Celery's ``cancel_consumer`` on each of its queues, so RabbitMQ
-stops delivering to it; then its in-flight jobs finish and are acked; then ``shutdown``), so no
-job is redelivered or lost. Elsewhere (compose, Kubernetes) an actuator of the same shape
-would scale containers; the decisions do not change.
+drains one instance first (the worker's ``DRAIN_WORKER_COMMAND``: it cancels its consumer on
+each of its queues, so RabbitMQ stops delivering to it, and reports its models DRAINING; then
+its in-flight jobs finish and are acked; then ``shutdown``), so no job is redelivered or lost.
+Elsewhere (compose, Kubernetes) an actuator of the same shape would scale containers; the
+decisions do not change.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from celery import Celery
 
 from infermq.connections import get_redis
 from infermq.errors import DrainFailed
-from infermq.keys import QueueNames, RedisKeys
+from infermq.keys import DRAIN_WORKER_COMMAND, QueueNames, RedisKeys
 from infermq.live_metrics import read_snapshots
 from infermq.settings import Settings
 from routing.metrics import ModelMetrics, ModelMetricsSnapshot, aggregate_snapshots
@@ -84,26 +85,45 @@ class LocalActuator:
 
     def stop_consuming(self, worker: LocalWorker) -> list[str]:
         """Step 1 of a drain: the worker cancels its consumer on every queue it consumes, so
-        RabbitMQ delivers it nothing more; returns those queues. Messages it already holds
-        stay with it (unacked) and finish there.
+        RabbitMQ delivers it nothing more, reports its models DRAINING and loads no other;
+        returns those queues. Messages it already holds stay with it (unacked) and finish
+        there.
 
         Raises:
-            DrainFailed: the worker did not answer (not running, or another broker).
+            DrainFailed: the worker did not answer (not running, or another broker), or still
+                consumes a queue after answering.
         """
         control = self.app.control
-        replies = control.inspect(destination=[worker.hostname],
-                                  timeout=CONTROL_TIMEOUT_S).active_queues() or {}
-        if worker.hostname not in replies:
-            raise DrainFailed(f"worker {worker.hostname} did not answer within "
-                              f"{CONTROL_TIMEOUT_S} s: is it running on this broker?")
-        queues = [q["name"] for q in replies[worker.hostname]]
-        for queue in queues:
-            answer = control.cancel_consumer(queue, destination=[worker.hostname], reply=True,
-                                             timeout=CONTROL_TIMEOUT_S)
-            if not answer:
-                raise DrainFailed(f"worker {worker.hostname} did not confirm that it stopped "
-                                  f"consuming {queue}")
-        return queues
+        replies = control.broadcast(DRAIN_WORKER_COMMAND, destination=[worker.hostname],
+                                    reply=True, timeout=CONTROL_TIMEOUT_S) or []
+        answer = next((r[worker.hostname] for r in replies if worker.hostname in r), None)
+        if answer is None or "queues" not in answer:
+            raise DrainFailed(f"worker {worker.hostname} did not answer {DRAIN_WORKER_COMMAND} "
+                              f"within {CONTROL_TIMEOUT_S} s ({answer}): is it running on this "
+                              "broker, with this version of infermq?")
+        # The worker cancels its consumers just after it answers (as Celery's cancel_consumer
+        # does, from its event loop): done once it says it consumes nothing.
+        deadline = time.monotonic() + CONTROL_TIMEOUT_S
+        pause = threading.Event()
+        while left := self.consumed_queues(worker):
+            if time.monotonic() > deadline:
+                raise DrainFailed(f"worker {worker.hostname} still consumes {left} "
+                                  f"{CONTROL_TIMEOUT_S} s after {DRAIN_WORKER_COMMAND}")
+            pause.wait(IN_FLIGHT_POLL_S)
+        return list(answer["queues"])
+
+    def consumed_queues(self, worker: LocalWorker) -> list[str]:
+        """The queues the worker consumes now.
+
+        Raises:
+            DrainFailed: the worker did not answer.
+        """
+        active = self.app.control.inspect(destination=[worker.hostname],
+                                          timeout=CONTROL_TIMEOUT_S).active_queues() or {}
+        if worker.hostname not in active:
+            raise DrainFailed(f"worker {worker.hostname} did not say which queues it consumes "
+                              f"within {CONTROL_TIMEOUT_S} s")
+        return [q["name"] for q in active[worker.hostname]]
 
     def in_flight(self, worker: LocalWorker) -> int:
         """Jobs the worker holds: running, or prefetched and waiting for a task slot."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from typing import Any
@@ -12,7 +13,9 @@ from celery.utils.nodenames import host_format
 from infermq.connections import get_redis
 from infermq.settings import Settings
 from workers.celery_app import create_app
+from workers.consumer_queues import ConsumerQueues, register_drain_command
 from workers.metrics import WorkerMetrics
+from workers.model_demand import ModelDemand
 from workers.router import (
     ConfirmedJobPublisher,
     Fallbacks,
@@ -33,8 +36,11 @@ def run_worker(
     """Runs a worker in this process until SIGTERM (warm shutdown: stop consuming, finish the
     jobs it holds, then exit) or SIGINT.
 
-    A worker with a real embedding model also consumes the route queue: it has what the router
-    task needs to classify ``auto`` jobs.
+    The worker serves every model in ``model_names`` (all the registry's when None): those
+    that fit the device memory budget load before it consumes anything, the others when their
+    jobs wait (workers/model_demand.py), evicting idle ones. A worker with a real embedding
+    model also consumes the route queue: it has what the router task needs to classify
+    ``auto`` jobs.
     """
     app = create_app(settings)
     runtime = WorkerRuntime(settings, model_names)
@@ -44,15 +50,19 @@ def run_worker(
     topology = app.conf.infermq_topology
     names = topology.names
     model_queues = {spec.name: [names.for_model(task.value, spec.name)
-                                for task in spec.task_types] for spec in runtime.admitted}
+                                for task in spec.task_types] for spec in runtime.specs}
     name = hostname or f"infermq-{os.getpid()}@{socket.gethostname()}"
     runtime.metrics = WorkerMetrics(settings, host_format(name), model_queues,
                                     get_redis(settings))
     publisher = ConfirmedJobPublisher(app, topology, settings.publish_confirm_timeout_s)
     runtime.runner.reroute = Fallbacks(runtime.runner.database, runtime.runner.state,
                                        publisher).reroute
-    # The models load before Celery starts, so that only READY models' queues are consumed: a
-    # model that did not fit the memory budget or failed to load leaves its queue to others.
+    # Celery sets logging up as its worker starts, after the start's loads: set it up now, so
+    # that they are logged too (Celery's worker then leaves it as it is).
+    app.log.setup(loglevel=loglevel, hostname=host_format(name))
+    # The models that fit load before Celery starts, so that only READY models' queues are
+    # consumed from the start: a model that did not fit or failed to load waits for the demand
+    # thread, its jobs in RabbitMQ (or with other workers).
     runtime.start()
     queues = [queue for spec in runtime.ready_specs for queue in model_queues[spec.name]]
     # Webhook deliveries share the task threads but never an engine: no GPU slot is held.
@@ -60,13 +70,38 @@ def run_worker(
     embed = runtime.embedder()
     if embed is not None:
         queues.append(names.route)
-        router_slot.router = JobRouter(settings, runtime.runner.cache.registry,
-                                       runtime.runner.database, runtime.runner.state,
-                                       publisher, embed)
+        # The router's training features, kept per embedding model and weights source.
+        embedder = runtime.runner.cache.registry.models[str(runtime.embedding_model)]
+        source = hashlib.sha256(embedder.source.encode()).hexdigest()[:12]
+        router_slot.router = JobRouter(
+            settings, runtime.runner.cache.registry, runtime.runner.database,
+            runtime.runner.state, publisher, embed,
+            feature_cache=settings.models_dir / f"router-features-{embedder.name}-{source}.npz",
+        )
+
+    consumer_queues = ConsumerQueues()
+    demand = ModelDemand(settings, runtime, model_queues, consumer_queues)
+
+    def start_demand(sender: Any, **_: Any) -> None:
+        consumer_queues.attach(sender)  # the sender of worker_ready is the consumer
+        demand.start()
+
+    def drain_worker() -> None:
+        demand.stop()
+        runtime.begin_worker_drain()
+
+    def stop_loading(**_: Any) -> None:
+        consumer_queues.close()
+        demand.stop()
 
     def stop_runtime(**_: Any) -> None:
+        stop_loading()
+        demand.join()
         runtime.stop()
 
+    register_drain_command(consumer_queues, drain_worker)
+    signals.worker_ready.connect(start_demand, weak=False)
+    signals.worker_shutting_down.connect(stop_loading, weak=False)
     signals.worker_shutdown.connect(stop_runtime, weak=False)
     app.worker_main(
         [

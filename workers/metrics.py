@@ -136,8 +136,10 @@ class WorkerMetrics:
     """Records every job and batch of one worker's models and publishes them per period.
 
     Thread-safe: task threads call ``job_ended``, batcher threads ``batch_ran``; one thread
-    publishes. ``queues`` maps each model to its queues (one per task type); its snapshot
-    reports their total depth.
+    publishes. ``queues`` maps each model the worker may serve to its queues (one per task
+    type); its snapshot reports their total depth. A model is published from its first state
+    (``set_state``) until it is unloaded (``forget``): a model not on the device has no
+    instance here.
     """
 
     def __init__(self, settings: Settings, worker: str, queues: dict[str, list[str]],
@@ -149,8 +151,11 @@ class WorkerMetrics:
         self.keys = RedisKeys(settings.redis_prefix)
         self.registry = CollectorRegistry()
         self._lock = threading.Lock()
+        # Held across a whole publish, so that ``forget`` deletes a snapshot after the last
+        # write of it, never before.
+        self._publish_lock = threading.Lock()
         self._periods = {model: _Period() for model in queues}
-        self._states: dict[str, InstanceStateName] = dict.fromkeys(queues, "LOADING")
+        self._states: dict[str, InstanceStateName] = {}
         self._in_flight = dict.fromkeys(queues, 0)
         self._period_start_s = time.time()
         self._host = HostUsage()
@@ -196,6 +201,19 @@ class WorkerMetrics:
             self._states[model] = state
         for name in STATES:
             self.model_state.labels(model, name).set(1 if name == state else 0)
+
+    def forget(self, model: str) -> None:
+        """The model was unloaded: its snapshot leaves Redis now (routing stops counting this
+        instance at once), and it is not published again until it has a state again."""
+        with self._publish_lock:
+            with self._lock:
+                self._states.pop(model, None)
+            for name in STATES:
+                self.model_state.remove(model, name)
+            try:
+                self.client.delete(self.keys.model_metrics(model, self.worker))
+            except redis.RedisError as e:
+                log.warning("snapshot of %s not deleted (it expires on its own): %s", model, e)
 
     def job_started(self, model: str) -> None:
         with self._lock:
@@ -250,14 +268,14 @@ class WorkerMetrics:
             self.gpu.set(gpu)
         self.memory_used.set(used_mib * 2**20)
         result = []
-        for model, queues in self.queues.items():
+        for model, state in states.items():
             p = periods.get(model, _Period())
-            depths = [self._depths.ready(queue) for queue in queues]
+            depths = [self._depths.ready(queue) for queue in self.queues.get(model, [])]
             depth = None if None in depths else sum(d or 0 for d in depths)
             p50 = float(np.percentile(p.latencies_s, 50)) if p.latencies_s else None
             p99 = float(np.percentile(p.latencies_s, 99)) if p.latencies_s else None
             snapshot = ModelMetricsSnapshot(
-                worker=self.worker, model=model, state=states.get(model, "LOADING"),
+                worker=self.worker, model=model, state=state,
                 taken_at_s=now_s, period_s=period_s, latency_p50_s=p50, latency_p99_s=p99,
                 throughput_jobs_per_s=p.completed / period_s, queue_depth=depth or 0,
                 in_flight=in_flight.get(model, 0),
@@ -282,14 +300,13 @@ class WorkerMetrics:
 
     def publish_once(self) -> None:
         """Writes this period's snapshots to Redis (with the settings' TTL)."""
-        for snapshot in self.snapshots():
-            write_snapshot(self.client, self.keys, snapshot, self.settings.metrics_ttl_s)
+        with self._publish_lock:
+            for snapshot in self.snapshots():
+                write_snapshot(self.client, self.keys, snapshot, self.settings.metrics_ttl_s)
 
     def start(self) -> None:
         """Starts the publisher thread (first publish at once) and, if a port is set, the
         Prometheus HTTP server."""
-        for model, state in self._states.items():
-            self.set_state(model, state)
         if self.settings.metrics_port:
             self._server, _ = start_http_server(self.settings.metrics_port,
                                                 self.settings.metrics_host,

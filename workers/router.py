@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import Any
 
 from amqp.exceptions import MessageNacked
@@ -47,11 +48,12 @@ from routing.qos import ErrorCooldowns, QosPolicy
 from routing.registry import Registry
 from routing.request_classes import (
     Embed,
-    PrototypeClassifier,
     RequestClass,
+    RequestClassifier,
     RouteDecision,
     choose_model_for_class,
     load_request_classes,
+    load_training_requests,
     request_text,
 )
 from routing.topology import Topology
@@ -168,6 +170,7 @@ class JobRouter:
         embed: Embed,
         classes: Mapping[str, RequestClass] | None = None,
         policy: QosPolicy | None = None,
+        feature_cache: Path | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -179,8 +182,11 @@ class JobRouter:
         self.cooldowns = ErrorCooldowns.for_policy(self.policy)
         self.redis = get_redis(settings)
         self.keys = RedisKeys(settings.redis_prefix)
-        # Embeds every example request once, here, at worker start.
-        self.classifier = PrototypeClassifier(self.classes, embed)
+        # Embeds every labelled request once and learns from them, here, at worker start (the
+        # shipped labelled requests belong to the shipped classes only).
+        training = load_training_requests() if classes is None else ()
+        self.classifier = RequestClassifier(self.classes, embed, training,
+                                            feature_cache=feature_cache)
         self._lock = threading.Lock()
         self._metrics: dict[str, ModelMetrics] = {}
         self._metrics_read_at_s = float("-inf")

@@ -1,8 +1,9 @@
 """The Celery tasks of a worker: thin shells around the job runner.
 
 A task's outcome decides the message's fate: returning acks it; ``Reject(requeue=False)``
-sends it to the dead-letter queue; a retry republishes it with backoff for transient failures
-(PostgreSQL or Redis briefly unreachable).
+sends it to the dead-letter queue; ``Reject(requeue=True)`` gives it back to its queue
+untouched (its model is not READY here); a retry republishes it with backoff for transient
+failures (PostgreSQL or Redis briefly unreachable).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from infermq.errors import ServiceUnavailable
 from infermq.keys import RUN_JOB_TASK
-from workers.execution import DeadLetter
+from workers.execution import DeadLetter, ModelNotReady
 from workers.maintenance import register_maintenance_tasks
 from workers.runtime import WorkerRuntime
 from workers.session_steps import TurnNotReady
@@ -38,6 +39,8 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
             runtime.runner.run(message)
         except DeadLetter as e:
             raise Reject(str(e), requeue=False) from e
+        except ModelNotReady as e:
+            raise Reject(str(e), requeue=True) from e
         except TurnNotReady as e:
             # An earlier job of the same session still runs: give the slot back, come back.
             raise self.retry(exc=e, countdown=1, max_retries=None) from e

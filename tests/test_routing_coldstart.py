@@ -98,6 +98,19 @@ def test_no_eviction_when_it_could_not_make_room() -> None:
     assert s.state("idle") == InstanceState.READY
 
 
+def test_a_pinned_model_is_never_evicted() -> None:
+    # Given the worker's own embedding model, pinned and least recently used
+    s = ColdStartScheduler(memory_budget_mib=200)
+    ready(s, "embedder", 100, 0.0)
+    s.pin("embedder")
+    ready(s, "chat", 100, 1.0)
+    # When another model needs room
+    s.request("other", 100, 2.0)
+    # Then the idle unpinned one goes, though it was used more recently
+    assert s.next_actions(2.0) == [Evict("chat")]
+    assert s.state("embedder") == InstanceState.READY
+
+
 def test_failed_load_is_retried_with_backoff_and_does_not_block_others() -> None:
     s = ColdStartScheduler(memory_budget_mib=100, max_attempts=3, retry_backoff_s=10.0)
     s.request("flaky", 60, 0.0, priority=9)

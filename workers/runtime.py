@@ -160,6 +160,9 @@ class WorkerRuntime:
         self._load_admitted()
         embed = self.embedder()
         if embed is not None:
+            # The router and the semantic cache call it between jobs: never evicted.
+            with self._scheduler_lock:
+                self.scheduler.pin(str(self.embedding_model))
             self.runner.cache.use_embedder(embed)
             log.info("semantic cache tier on")
 

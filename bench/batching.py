@@ -21,6 +21,7 @@ Here, on the CPU (MiniLM and the tiny GPT-2, one thread)::
 On a GPU (MiniLM-shaped encoder and a GPT-2-medium-sized model, fp16)::
 
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python bench/batching.py --preset gpu
+    ... --preset gpu --no-cuda-graphs      # each decode step launched kernel by kernel
 
 Each row also says how the engine's time was spent: batches, mean inputs per batch, mean
 seconds per engine call, and the share of the wall time the engine was busy (for (b): what the
@@ -191,7 +192,8 @@ def measure(task: str, engine: TorchEngine, make: Callable[[int, int], EngineReq
     engine.warm_up()
     print(f"{task}: {engine.spec.source} on {engine.device} {engine.dtype}, "
           f"{engine.memory_mib} MiB, batch {batch_inputs} inputs, {per_job} inputs/job, "
-          f"{submitters} submitters, fixed shapes: {engine.static_shapes}")
+          f"{submitters} submitters, fixed shapes: {engine.static_shapes}, CUDA graphs: "
+          f"{engine.cuda_graphs}")
     engine.run_batch([make(i, per_job) for i in range(max(1, batch_inputs // per_job))])
     rows = [timed(task, "(a) one at a time", lambda clock: one_at_a_time(
         engine, [make(i, 1) for i in range(single)], clock))]
@@ -237,8 +239,8 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(row.task for row in rows))
-    figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4))
-    for axis, task in zip(axes, tasks, strict=True):
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for axis, task in zip(axes[0], tasks, strict=True):
         mine = [row for row in rows if row.task == task]
         axis.bar([row.mode.split(" @")[0].split(",")[0].replace("batcher", "batch")
                   for row in mine], [row.tokens_per_s for row in mine],
@@ -265,6 +267,8 @@ def main() -> None:
     parser.add_argument("--submitters", type=float, default=2.0,
                         help="submitter threads, as a multiple of the jobs in a full batch")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                        help="replay fixed-shape decode steps as CUDA graphs (on CUDA)")
     for key, value in PRESETS["cpu"].items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None)
     args = parser.parse_args()
@@ -280,7 +284,8 @@ def main() -> None:
         spec = ModelSpec(name=f"bench-{source.split(':')[1].replace('/', '-')}",
                          task_types=(task,), engine="torch", source=source, revision="bench",
                          memory_mib=0, max_batch_size=batch)
-        engine = TorchEngine(spec, args.models_dir, args.device, str(config["dtype"]))
+        engine = TorchEngine(spec, args.models_dir, args.device, str(config["dtype"]),
+                             cuda_graphs=args.cuda_graphs)
         engine.load()
         return engine
 

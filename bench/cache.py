@@ -1,7 +1,8 @@
 """Cache benchmark: paraphrase hit rate vs near-miss wrong-answer rate, and lookup latency.
 
-Methods, on the tuning, dev and held-out splits separately (bench/data/pairs_*.jsonl; the
-guard was tuned on tuning, checked on dev while tuning, and held-out is reported once):
+Methods, on each split separately (bench/data/pairs_*.jsonl): tuning and dev (tuned on), dev2
+(the first held-out split, measured three times before and then tuned on: pairs_heldout.jsonl)
+and heldout2 (the new held-out split, when its file exists; measured once, by the lead):
   (a) md5      MD5 of the raw text (the seeds' baseline);
   (b) cosine   GPTCache-style: cosine >= threshold alone, at its best-F1 threshold (chosen on
                the tuning split) and at 0.8;
@@ -11,11 +12,13 @@ Wrong-answer rate: share of near-miss pairs answered from the other text's entry
 Latency: lookup p50/p99 with 100k entries in one namespace (a dedicated Redis prefix, deleted
 after), against an MD5 GET in the same run; the query embedding is computed beforehand.
 
-Run: ``python bench/cache.py`` (about 3 minutes on 2 CPU cores; Redis on 127.0.0.1:6379).
+Run: ``python bench/cache.py [--splits tuning,dev,dev2]`` (about 3 minutes on 2 CPU cores;
+Redis on 127.0.0.1:6379); without ``--splits``, every split whose file exists.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.resources
 import os
@@ -45,6 +48,9 @@ from workers.semantic_cache import Embedder, SemanticCache  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/1")
+# split name -> its pairs file; the best-F1 cosine threshold is chosen on tuning
+SPLIT_FILES = {"tuning": "pairs_tuning.jsonl", "dev": "pairs_dev.jsonl",
+               "dev2": "pairs_heldout.jsonl", "heldout2": "pairs_heldout2.jsonl"}
 
 
 def embedder() -> Embedder:
@@ -150,9 +156,17 @@ def delete_prefix(client: redis.Redis, prefix: str) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--splits", default=",".join(
+        s for s, name in SPLIT_FILES.items() if (ROOT / "bench" / "data" / name).exists()),
+        help=f"comma-separated, from {', '.join(SPLIT_FILES)} (default: those whose file exists)")
+    names = parser.parse_args().splits.split(",")
+    unknown = [s for s in names if s not in SPLIT_FILES]
+    if unknown or "tuning" not in names:
+        parser.error(f"unknown splits {unknown} (known: {', '.join(SPLIT_FILES)}); "
+                     "tuning is needed for the best-F1 threshold")
     OUT.mkdir(parents=True, exist_ok=True)
-    splits = {s: read_pairs(ROOT / "bench" / "data" / f"pairs_{s}.jsonl")
-              for s in ("tuning", "dev", "heldout")}
+    splits = {s: read_pairs(ROOT / "bench" / "data" / SPLIT_FILES[s]) for s in names}
     embed = embedder()
     texts = sorted({t for rows in splits.values() for r in rows for t in (r["a"], r["b"])})
     started = time.perf_counter()
@@ -206,7 +220,7 @@ def print_table(results: dict[tuple[str, str], dict[str, float]]) -> None:
 def plot(results: dict[tuple[str, str], dict[str, float]]) -> None:
     fig, ax = plt.subplots(figsize=(7, 5))
     for (method, split), r in results.items():
-        marker = {"tuning": "o", "dev": "^"}.get(split, "s")
+        marker = {"tuning": "o", "dev": "^", "dev2": "v"}.get(split, "s")
         ax.scatter(r["near_miss_all"] * 100, r["paraphrase"] * 100, marker=marker)
         ax.annotate(f"{method} ({split})", (r["near_miss_all"] * 100, r["paraphrase"] * 100),
                     fontsize=7)
@@ -214,7 +228,7 @@ def plot(results: dict[tuple[str, str], dict[str, float]]) -> None:
     ax.axvline(0.5, ls="--", lw=0.8)
     ax.set_xlabel("wrong answers on near-misses (%)")
     ax.set_ylabel("paraphrase hit rate (%)")
-    ax.set_title("cache: hit rate vs wrong-answer rate (o tuning, ^ dev, s held-out)")
+    ax.set_title("cache: hit rate vs wrong-answer rate (o tuning, ^ dev, v dev2, s heldout2)")
     fig.tight_layout()
     fig.savefig(OUT / "cache_hit_vs_wrong.png", dpi=120)
     print(f"\nplot: {OUT / 'cache_hit_vs_wrong.png'}")

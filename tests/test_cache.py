@@ -20,8 +20,9 @@ from infermq.settings import Settings
 from routing.registry import Registry, load_registry, parse_registry
 from workers.cache_guard import near_miss_reason
 
+# The first held-out split, now "dev2": measured three times, then tuned on (bench/cache.py).
 HELDOUT = Path(__file__).parents[1] / "bench" / "data" / "pairs_heldout.jsonl"
-# Stated floors: on a sample of the held-out split, at most this share of each near-miss family
+# Stated floors: on a sample of dev2, at most this share of each near-miss family
 # may be answered from cache (the benchmark reports the full split: 6.7 % at most per family,
 # antonyms 5 %). A sample of 15 is coarse, so the antonym floor stays where it was.
 HELDOUT_WRONG_FLOOR = 0.10
@@ -245,6 +246,28 @@ def test_near_miss_is_not_served(
 
     assert cache.lookup(request(asked), spec) is None, family
     assert near_miss_reason(asked, stored) is not None
+
+
+@pytest.mark.parametrize(("stored", "asked"), [
+    ("Sony hired 11 workers in 1972.", "Sony laid off 11 workers in 1972."),
+    ("In 1951, Samsung recruited 836 employees.", "In 1951, Samsung dismissed 836 employees."),
+    ("Zooming in on a photo makes the app crash.", "Zooming out of a photo makes the app crash."),
+    ("How can I reduce my screen brightness?", "How can I increase my screen brightness?"),
+    ("Should the field be optional?", "Should the field be mandatory?"),
+    ("Are drones allowed in Greece?", "Are drones forbidden in Greece?"),
+    ("What is 1 divided by 371?", "How many times does 1 go into 371?"),
+])
+def test_opposite_words_and_converse_division_are_near_misses(stored: str, asked: str) -> None:
+    assert near_miss_reason(asked, stored) is not None
+
+
+@pytest.mark.parametrize(("stored", "asked"), [
+    ("The warranty expires on 2024-01-21.", "On Jan 21, 2024 the warranty runs out."),
+    ("Summarize the report dated 2025-12-13.", "Give me a summary of the Dec 13, 2025 report."),
+    ("What is 822 divided by -47?", "How many times does -47 go into 822?"),
+])
+def test_iso_dates_and_go_into_read_like_their_paraphrases(stored: str, asked: str) -> None:
+    assert near_miss_reason(asked, stored) is None
 
 
 def test_heldout_near_miss_families_stay_under_the_stated_floor(embed: object) -> None:

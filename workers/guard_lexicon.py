@@ -106,7 +106,8 @@ enter exit|login logout|log_in log_out|sign_in sign_out|check_in check_out|aslee
 full empty|alive dead|present absent|available unavailable|legal illegal|safe unsafe|
 possible impossible|visible invisible|public private|online offline|inner outer|
 minimum maximum|gain loss|profit loss|buyer seller|lender borrower|employer employee|
-parent child|teacher student|sender recipient|host guest|owner tenant|landlord tenant
+parent child|teacher student|sender recipient|host guest|owner tenant|landlord tenant|
+reduce increase|optional mandatory|allowed forbidden|interesting boring|exciting boring
 """
 ANTONYMS: dict[str, tuple[str, int]] = {}
 
@@ -126,7 +127,9 @@ def _add_antonym_pair(left: str, right: str) -> None:
 PHRASES = {
     "turn on": "enable", "switch on": "enable", "turn off": "disable", "switch off": "disable",
     "log in": "login", "log out": "logout", "sign in": "login", "sign out": "logout",
-    "zoom in": "zoom_in", "zoom out": "zoom_out", "take away": "minus", "per cent": "percent",
+    "zoom in": "zoom_in", "zoom out": "zoom_out", "zooming in": "zoom_in",
+    "zooming out": "zoom_out", "laid off": "fired", "lay off": "fire", "lays off": "fires",
+    "take away": "minus", "per cent": "percent",
     "no longer": "not", "two times": "2 times", "most expensive": "most_expensive",
     "more expensive": "more_expensive", "two factor": "2fa", "two-factor": "2fa",
     "degrees celsius": "°c", "degree celsius": "°c", "degrees fahrenheit": "°f",
@@ -141,7 +144,10 @@ PHRASES = {
 }
 # Constructions whose arguments come in the other order: rewritten to the usual order.
 REORDER = [(re.compile(r"\bsubtract (\S+) from (\S+)"), r"\2 minus \1"),
-            (re.compile(r"\bdivide (\S+) into (\S+)"), r"\2 divided by \1")]
+            (re.compile(r"\bdivide (\S+) into (\S+)"), r"\2 divided by \1"),
+            (re.compile(r"\bhow many times does (\S+) go into (\S+)"), r"\2 divided by \1"),
+            # ISO 8601 dates, read as day.month.year like the dotted form
+            (re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b"), r"\3.\2.\1")]
 PASSIVE_AUX = {"was", "were", "is", "are", "been", "be", "being", "got", "gets", "get"}
 SYNONYMS = {
     "purchase": "buy", "acquire": "buy", "activate": "enable", "deactivate": "disable",
@@ -153,7 +159,8 @@ SYNONYMS = {
     "annually": "yearly", "remove": "delete", "erase": "delete", "auth": "authentication",
     "phone": "call", "ring": "call", "kilos": "kg", "liked": "loved", "enjoyed": "loved",
     "hated": "disliked", "leaves": "departs", "wifi": "wi-fi",
-    "item": "product", "goods": "product",
+    "item": "product", "goods": "product", "recruit": "hire", "recruited": "hired",
+    "dismissed": "fired", "dismiss": "fire",
 }
 
 # Words whose presence or absence does not change what is asked (framing, politeness, grammar).

@@ -37,7 +37,8 @@ def build_engine(spec: ModelSpec, settings: Settings) -> Engine:
 
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        return TorchEngine(spec, settings.models_dir, settings.device, settings.torch_dtype)
+        return TorchEngine(spec, settings.models_dir, settings.device, settings.torch_dtype,
+                           cuda_graphs=settings.cuda_graphs)
     if spec.engine == "vllm":
         from workers.engines.vllm import VllmEngine
 

@@ -18,11 +18,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from workers.engines.static_cache import StaticKVCache, StaticShape
+
+if TYPE_CHECKING:
+    from workers.engines.cuda_graphs import DecodeGraphs
 
 SAMPLING_FLOOR_TEMPERATURE = 1e-5
 COMPACT_FRACTION = 0.25
@@ -128,17 +131,20 @@ def _take_tokens(rows: list[GenerationRow], active: Sequence[int], tokens: Seque
 def generate_rows(model: Any, tokenizer: Any, rows: list[GenerationRow], device: torch.device,
                   eos_ids: set[int], pad_id: int,
                   on_step: Callable[[int], None] | None = None,
-                  static_shape: StaticShape | None = None) -> None:
+                  static_shape: StaticShape | None = None,
+                  decode_graphs: DecodeGraphs | None = None) -> None:
     """Decodes every row to its end, filling ``new_ids``, ``finished`` and ``timed_out``.
 
     With ``static_shape`` (see ``static_cache``) the batch is padded to it and decoded with a
-    preallocated cache, every step in the same shapes; without, the cache grows per step and
+    preallocated cache, every step in the same shapes, each step replayed as a CUDA graph when
+    ``decode_graphs`` gives one (``cuda_graphs``); without, the cache grows per step and
     stopped rows are dropped from it.
     """
     if not rows:
         return
     if static_shape is not None:
-        _generate_static(model, tokenizer, rows, device, eos_ids, pad_id, on_step, static_shape)
+        _generate_static(model, tokenizer, rows, device, eos_ids, pad_id, on_step, static_shape,
+                         decode_graphs)
         return
     from transformers import DynamicCache
 
@@ -185,12 +191,15 @@ def generate_rows(model: Any, tokenizer: Any, rows: list[GenerationRow], device:
 
 def _generate_static(model: Any, tokenizer: Any, rows: list[GenerationRow],
                      device: torch.device, eos_ids: set[int], pad_id: int,
-                     on_step: Callable[[int], None] | None, shape: StaticShape) -> None:
+                     on_step: Callable[[int], None] | None, shape: StaticShape,
+                     decode_graphs: DecodeGraphs | None) -> None:
     """The fixed-shape decoding loop: padded rows, one cache, a ready 4-D boolean mask.
 
     Stopped rows keep being computed (their tokens are ignored): on a GPU a step costs the
     same with or without them, and dropping them would change the shapes again. Every query
     may also see its own position, so a row of padding attends to something and stays finite.
+    The prefill runs eagerly; a decode step replays the shape's CUDA graph when there is one,
+    which computes what the eager step computes.
     """
     count, prompt_len, cache_len = shape.rows, shape.prompt_len, shape.cache_len
     input_ids = torch.full((count, prompt_len), pad_id, dtype=torch.long)
@@ -209,26 +218,40 @@ def _generate_static(model: Any, tokenizer: Any, rows: list[GenerationRow],
     queries = torch.arange(prompt_len, device=device)
     prefill_mask = (visible[:, None, None, :] & (keys <= queries[:, None])) | (
         keys == queries[:, None])
-    cache = StaticKVCache(count, cache_len)
+    graph = decode_graphs.graph_for(count, cache_len) if decode_graphs is not None else None
+    cache = graph.start(visible, prompt_len) if graph is not None else StaticKVCache(
+        count, cache_len)
     logits = model(input_ids=input_ids, attention_mask=prefill_mask, position_ids=position_ids,
                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
     cache.position = prompt_len
+    next_ids = sample_next_tokens(logits, temperature, top_p, generators)
+    if graph is not None:
+        graph.feed(next_ids, next_position, prompt_len)
+    sampling = any(row.temperature > 0 for row in rows)
     active = range(len(rows))
     step = 0
     while True:
-        next_ids = sample_next_tokens(logits, temperature, top_p, generators)
         _take_tokens(rows, active, next_ids.tolist()[:len(rows)], tokenizer, eos_ids)
         if on_step is not None:
             on_step(step)
         step += 1
         if all(row.finished for row in rows):
             return
+        if graph is not None:
+            # The graph's greedy tokens are already the next step's input; sampled ones
+            # replace them.
+            logits, next_ids = graph.replay()
+            if sampling:
+                next_ids = sample_next_tokens(logits, temperature, top_p, generators)
+                graph.feed_tokens(next_ids)
+            continue
         step_mask = visible[:, None, None, :] & (keys <= cache.position)
         logits = model(input_ids=next_ids.unsqueeze(-1), attention_mask=step_mask,
                        position_ids=next_position.unsqueeze(-1), past_key_values=cache,
                        use_cache=True).logits[:, -1, :]
         cache.position += 1
         next_position = next_position + 1
+        next_ids = sample_next_tokens(logits, temperature, top_p, generators)
 
 
 def final_text(row: GenerationRow, tokenizer: Any) -> str:

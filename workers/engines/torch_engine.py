@@ -13,7 +13,8 @@ Texts are tokenized with a private copy of the Rust tokenizer whose settings nev
 (transformers' ``tokenizer(...)`` reconfigures the shared one on every call: half the speed on
 2,048 texts, and unsafe across threads), ahead by ``prepare`` in the task thread that submits
 the job, so the batcher's thread only pads ids, runs the model and converts the outputs. On
-CUDA the engine decodes in fixed shapes (``static_cache``).
+CUDA the engine decodes in fixed shapes (``static_cache``), each decode step replayed as a CUDA
+graph (``cuda_graphs``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from infermq.errors import (
 from infermq.jobs import GenerationParams, TaskType
 from routing.registry import ModelSpec
 from workers.engines.base import Engine, EngineOutput, EngineRequest, chats_of, texts_of
+from workers.engines.cuda_graphs import DecodeGraphs
 from workers.engines.generation import GenerationRow, final_text, generate_rows
 from workers.engines.sources import prepare_model
 from workers.engines.static_cache import PROMPT_MULTIPLE, plan_static_shape, round_up, row_bucket
@@ -70,7 +72,8 @@ class TorchEngine(Engine):
     """A transformers model serving one task kind on one device."""
 
     def __init__(self, spec: ModelSpec, models_dir: Path, device: str | None = None,
-                 dtype: str | None = None, static_shapes: bool | None = None) -> None:
+                 dtype: str | None = None, static_shapes: bool | None = None,
+                 cuda_graphs: bool = True) -> None:
         super().__init__(spec)
         kinds = {task for task in spec.task_types if task != TaskType.AUTO}
         if len(kinds) != 1:
@@ -85,6 +88,8 @@ class TorchEngine(Engine):
         # Fixed shapes pay on a GPU (launch-bound, shape-sensitive) and cost on a CPU, where
         # every padded row is real arithmetic.
         self.static_shapes = self.device.type == "cuda" if static_shapes is None else static_shapes
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self._decode_graphs: DecodeGraphs | None = None
         self.model: Any = None
         self.tokenizer: Any = None
         self._encoder: Any = None
@@ -128,6 +133,8 @@ class TorchEngine(Engine):
             self._eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
             if self.tokenizer.pad_token_id is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
+            if self.cuda_graphs:
+                self._decode_graphs = DecodeGraphs(self.model, self.spec.name)
         self._encoder = self._private_encoder()
 
     def _private_encoder(self) -> Any:
@@ -145,14 +152,20 @@ class TorchEngine(Engine):
     def warm_up(self) -> None:
         """Runs one batch per row bucket up to ``spec.max_batch_size`` when shapes are fixed.
 
-        Should fixed-shape decoding fail with this transformers version, the engine logs it
-        and decodes with a growing cache instead, rather than failing every job.
+        With CUDA graphs it also captures each bucket's decode step at the cache length of a
+        request of default ``max_new_tokens``, largest bucket first so the shared cache arena
+        is sized once. Should fixed-shape decoding fail with this transformers version, the
+        engine logs it and decodes with a growing cache instead, rather than failing every job.
         """
         super().warm_up()
         if not (self.static_shapes and self.task_type == TaskType.GENERATE):
             return
-        rows = 1
-        while rows <= row_bucket(self.spec.max_batch_size):
+        rows = row_bucket(self.spec.max_batch_size)
+        while rows >= 1:
+            default = plan_static_shape(rows, PROMPT_MULTIPLE, GenerationParams().max_new_tokens,
+                                        self._max_positions)
+            if self._decode_graphs is not None and default is not None:
+                self._decode_graphs.graph_for(rows, default.cache_len)
             batch = [EngineRequest(job_id="warm-up", task_type=TaskType.GENERATE, input="warm up",
                                    params=GenerationParams(max_new_tokens=2))] * rows
             try:
@@ -162,10 +175,11 @@ class TorchEngine(Engine):
                             self.spec.name, type(e).__name__, e)
                 self.static_shapes = False
                 return
-            rows *= 2
+            rows //= 2
 
     def unload(self) -> None:
         self.model = None
+        self._decode_graphs = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -348,7 +362,8 @@ class TorchEngine(Engine):
                                       max(row.max_new_tokens for row in rows),
                                       self._max_positions)
         generate_rows(self.model, self.tokenizer, rows, self.device, self._eos_ids,
-                      int(self.tokenizer.pad_token_id), self.notify_step, shape)
+                      int(self.tokenizer.pad_token_id), self.notify_step, shape,
+                      self._decode_graphs)
         outputs = self._split(requests, spans, [final_text(row, self.tokenizer) for row in rows],
                               [len(row.new_ids) for row in rows])
         for request, span, output in zip(requests, spans, outputs, strict=True):

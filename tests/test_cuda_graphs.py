@@ -11,6 +11,7 @@ import torch
 from infermq.jobs import GenerationParams, TaskType
 from routing.registry import ModelSpec
 from tests.engine_support import GPT2_TINY, MODELS_DIR
+from workers.engines import gqa_attention
 from workers.engines.base import EngineRequest
 from workers.engines.cuda_graphs import DecodeGraphs
 from workers.engines.torch_engine import TorchEngine
@@ -63,6 +64,31 @@ def test_graph_decoding_writes_the_eager_fixed_shape_tokens(spec: ModelSpec, dty
     # And the graphed engine did decode with graphs
     assert graphed._decode_graphs is not None and not graphed._decode_graphs.failed
     assert len(graphed._decode_graphs) == 2
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fused", [True, False], ids=["enable-gqa", "folded"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_gqa_attention_replays_the_greedy_tokens_of_copied_kv_heads(
+        dtype: str, fused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given SmolLM2-135M's shape (9 query heads over 3 KV heads) decoding with graphs, with the
+    # GQA attention (SDPA's enable_gqa, or the folded decode step where no fused kernel takes
+    # it) and with transformers' sdpa
+    if not fused:
+        monkeypatch.setattr(gqa_attention, "sdpa_fuses_gqa", lambda *args: False)
+    folded = TorchEngine(SMOLLM2_135M_RANDOM, MODELS_DIR, "cuda", dtype, static_shapes=True)
+    copied = TorchEngine(SMOLLM2_135M_RANDOM, MODELS_DIR, "cuda", dtype, static_shapes=True,
+                         gqa_attention=False)
+    folded.load()
+    copied.load()
+    folded._eos_ids = copied._eos_ids = set()
+    # When both decode batches of two shapes, Then every row's text and token count are the same
+    for batch in (requests(3), requests(5)):
+        expected = copied.run_batch(batch)
+        got = folded.run_batch(batch)
+        assert [o.output for o in got] == [o.output for o in expected]
+        assert [o.tokens for o in got] == [o.tokens for o in expected]
+    assert folded._decode_graphs is not None and not folded._decode_graphs.failed
 
 
 @pytest.mark.timeout(120)

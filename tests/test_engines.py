@@ -12,15 +12,17 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from infermq.errors import EngineUnavailable, JobTimedOut
 from infermq.jobs import ChatMessage, GenerationParams, TaskType
 from infermq.settings import Settings
 from routing.registry import ModelSpec
-from tests.engine_support import GPT2_TINY, MODELS_DIR, noop_spec, registry_spec
+from tests.engine_support import GPT2_TINY, LLAMA_GQA_TINY, MODELS_DIR, noop_spec, registry_spec
 from workers.batching import Batcher
-from workers.engines import build_engine
+from workers.engines import build_engine, gqa_attention
 from workers.engines.base import EngineRequest
+from workers.engines.gqa_attention import GQA_SDPA
 from workers.engines.noop import NoopEngine
 from workers.engines.sources import READY_MARKER, model_dir, prepare_model
 from workers.engines.static_cache import StaticShape, plan_static_shape
@@ -101,6 +103,52 @@ def test_fixed_shape_decoding_gives_what_a_growing_cache_gives() -> None:
     expected = growing.run_batch(requests())
     got = fixed.run_batch(requests())
     # Then every row's text and token count are the same
+    assert [o.output for o in got] == [o.output for o in expected]
+    assert [o.tokens for o in got] == [o.tokens for o in expected]
+
+
+@pytest.mark.parametrize("queries", [1, 5], ids=["decode", "prefill"])
+@pytest.mark.parametrize("fused", [True, False], ids=["enable-gqa", "folded"])
+def test_gqa_attention_equals_attention_over_copied_kv_heads(
+        queries: int, fused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given queries over 6 heads, a cache of 2 KV heads and a mask hiding some keys, and SDPA
+    # with or without a fused kernel for GQA under a mask
+    if not fused:
+        monkeypatch.setattr(gqa_attention, "sdpa_fuses_gqa", lambda *args: False)
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(3, 6, queries, 16, generator=generator)
+    key, value = (torch.randn(3, 2, 40, 16, generator=generator) for _ in range(2))
+    mask = torch.rand(3, 1, queries, 40, generator=generator) > 0.3
+    mask[..., 0] = True
+    module = torch.nn.Module()
+    module.num_key_value_groups = 3  # type: ignore[assignment]
+    # When it attends, and when each KV head is copied per query head first
+    got, _ = gqa_attention.gqa_sdpa_attention(module, query, key, value, mask, scaling=0.25)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(3, dim=1), value.repeat_interleave(3, dim=1),
+        attn_mask=mask, scale=0.25).transpose(1, 2)
+    # Then both give the same output, laid out as transformers expects
+    assert got.shape == (3, queries, 6, 16)
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("static_shapes", [False, True], ids=["growing", "fixed"])
+def test_gqa_attention_decodes_the_tokens_of_transformers_sdpa(static_shapes: bool) -> None:
+    # Given one model with grouped KV heads loaded with and without the GQA attention
+    folded = TorchEngine(LLAMA_GQA_TINY, MODELS_DIR, static_shapes=static_shapes)
+    copied = TorchEngine(LLAMA_GQA_TINY, MODELS_DIR, static_shapes=static_shapes,
+                         gqa_attention=False)
+    folded.load()
+    copied.load()
+    assert folded.model.config._attn_implementation == GQA_SDPA
+    assert copied.model.config._attn_implementation == "sdpa"
+    folded._eos_ids = copied._eos_ids = set()
+    prompts = ["hi", "a much longer prompt about the history of Rome and its roads", "x y z"]
+    requests = [EngineRequest(f"r{i}", TaskType.GENERATE, prompt,
+                              params=GenerationParams(max_new_tokens=6 + 5 * i))
+                for i, prompt in enumerate(prompts)]
+    # When both decode the same padded batch greedily, Then every row's tokens are the same
+    got, expected = folded.run_batch(requests), copied.run_batch(requests)
     assert [o.output for o in got] == [o.output for o in expected]
     assert [o.tokens for o in got] == [o.tokens for o in expected]
 

@@ -14,7 +14,8 @@ Texts are tokenized with a private copy of the Rust tokenizer whose settings nev
 2,048 texts, and unsafe across threads), ahead by ``prepare`` in the task thread that submits
 the job, so the batcher's thread only pads ids, runs the model and converts the outputs. On
 CUDA the engine decodes in fixed shapes (``static_cache``), each decode step replayed as a CUDA
-graph (``cuda_graphs``).
+graph (``cuda_graphs``). A model with fewer KV heads than query heads attends with
+``gqa_attention``, which does not copy each KV head per query head as transformers' ``sdpa`` does.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from routing.registry import ModelSpec
 from workers.engines.base import Engine, EngineOutput, EngineRequest, chats_of, texts_of
 from workers.engines.cuda_graphs import DecodeGraphs
 from workers.engines.generation import GenerationRow, final_text, generate_rows
+from workers.engines.gqa_attention import GQA_SDPA, has_grouped_kv_heads, register_gqa_attention
 from workers.engines.sources import prepare_model
 from workers.engines.static_cache import PROMPT_MULTIPLE, plan_static_shape, round_up, row_bucket
 
@@ -73,7 +75,7 @@ class TorchEngine(Engine):
 
     def __init__(self, spec: ModelSpec, models_dir: Path, device: str | None = None,
                  dtype: str | None = None, static_shapes: bool | None = None,
-                 cuda_graphs: bool = True) -> None:
+                 cuda_graphs: bool = True, gqa_attention: bool = True) -> None:
         super().__init__(spec)
         kinds = {task for task in spec.task_types if task != TaskType.AUTO}
         if len(kinds) != 1:
@@ -89,6 +91,7 @@ class TorchEngine(Engine):
         # every padded row is real arithmetic.
         self.static_shapes = self.device.type == "cuda" if static_shapes is None else static_shapes
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self.gqa_attention = gqa_attention
         self._decode_graphs: DecodeGraphs | None = None
         self.model: Any = None
         self.tokenizer: Any = None
@@ -103,6 +106,7 @@ class TorchEngine(Engine):
             EngineUnavailable: the weights cannot be found or loaded.
         """
         from transformers import (
+            AutoConfig,
             AutoModel,
             AutoModelForCausalLM,
             AutoModelForSequenceClassification,
@@ -117,7 +121,11 @@ class TorchEngine(Engine):
         }[self.task_type]
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-            model = model_class.from_pretrained(str(path), dtype=self.dtype)
+            attention: dict[str, str] = {}
+            if self.gqa_attention and has_grouped_kv_heads(AutoConfig.from_pretrained(str(path))):
+                register_gqa_attention()
+                attention["attn_implementation"] = GQA_SDPA
+            model = model_class.from_pretrained(str(path), dtype=self.dtype, **attention)
         except (OSError, ValueError) as e:
             raise EngineUnavailable(
                 f"cannot load model {self.spec.name} from {path}: {e}; run "

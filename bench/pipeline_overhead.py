@@ -17,7 +17,7 @@ spent per job, and saves a plot to bench/out/pipeline_overhead.png::
     python bench/pipeline_overhead.py                   # 3 rounds of 8 s per side
     python bench/pipeline_overhead.py --rounds 1 --round-s 4 --submitters 16
     python bench/pipeline_overhead.py --breakdown 300   # where one job's time goes, by step
-    python bench/pipeline_overhead.py --without-task-events   # infermq without Flower's events
+    python bench/pipeline_overhead.py --task-events     # infermq as if Flower were listening
 
 The noop model's registry is generated with ``max_wait_ms = 0`` (a no-op engine gains nothing
 from waiting for a batch; ``--max-wait-ms`` sets it). Cleans up its queues, Redis keys and
@@ -306,7 +306,7 @@ def bench_settings(args: argparse.Namespace, workdir: Path) -> Iterator[Settings
         "namespace": f"bench{tag}", "redis_prefix": f"bench{tag}",
         "database_schema": f"bench_{tag}", "registry_path": registry,
         "worker_slots": args.slots, "torch_threads": 1,
-        "task_events": not args.without_task_events})
+        "task_events": args.task_events})
     try:
         upgrade_to_head(settings)  # creates the schema too
         yield settings
@@ -407,7 +407,7 @@ def report(sides: list[Side], args: argparse.Namespace) -> None:
     print()
     print(f"pipeline overhead: {args.rounds} rounds x {args.round_s:g} s per side, "
           f"{args.submitters} submitter threads, {args.slots} worker threads, no-op work, "
-          f"infermq task events {'off' if args.without_task_events else 'on'}")
+          f"infermq task events {'on' if args.task_events else 'off'}")
     header = f"{'side':14s} {'jobs/s':>9s} {'min':>7s} {'max':>7s} {'p50 ms':>7s} {'p99 ms':>7s}"
     header += "".join(f" {g[:10]:>10s}" for g in groups)
     print(header + "   (CPU ms per job)")
@@ -584,9 +584,10 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=0.0)
     parser.add_argument("--loglevel", default="INFO", help="both workers' log level")
-    parser.add_argument("--without-task-events", action="store_true",
-                        help="infermq's worker sends no Celery task events (INFERMQ_TASK_EVENTS="
-                             "false; the baseline sends none either)")
+    parser.add_argument("--task-events", action="store_true",
+                        help="infermq's worker sends Celery task events from the start, as "
+                             "when Flower has turned them on (INFERMQ_TASK_EVENTS=true; off by "
+                             "default, and the baseline sends none)")
     parser.add_argument("--breakdown", type=int, default=0, metavar="JOBS",
                         help="instead: time the steps of JOBS jobs run one at a time")
     parser.add_argument("--breakdown-top", type=int, default=0, metavar="N",

@@ -180,6 +180,27 @@ redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
 return fields
 """
 
+# ``put_entry``'s write as one script, refused (-1, nothing written) while an entry of the task
+# type has expired: the caller drops those first. KEYS: entry, LFU index, expiry index, LFU
+# floor, memberships, then the member sets; ARGV: expired-before score, TTL in seconds, entry
+# id, expiry score, memberships JSON ('' for none), then the entry's field/value pairs.
+# Returns the index size that the cap check needs.
+_PUT_UNLESS_EXPIRED = """
+if #redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, 1) > 0 then return -1 end
+local floor = tonumber(redis.call('GET', KEYS[4]) or '0')
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], 'NX', floor + 1, ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[5], ARGV[3], ARGV[5]) end
+for i = 6, #KEYS do
+    redis.call('SADD', KEYS[i], ARGV[3])
+    redis.call('EXPIRE', KEYS[i], ARGV[2])
+end
+return redis.call('ZCARD', KEYS[2])
+"""
+
 
 class ExactCache:
     """The exact tier and the entry store both tiers share (TTL, LFU cap, counters)."""
@@ -187,6 +208,7 @@ class ExactCache:
     def __init__(self, redis_client: redis.Redis, keys: RedisKeys, registry: Registry) -> None:
         self.redis, self.keys, self.registry = redis_client, keys, registry
         self._lookup_counted = redis_client.register_script(_LOOKUP_COUNTED)
+        self._put_unless_expired = redis_client.register_script(_PUT_UNLESS_EXPIRED)
 
     def policy_for(self, task_type: TaskType | str) -> TaskTypePolicy:
         return self.registry.task_types[TaskType(task_type)]
@@ -275,34 +297,23 @@ class ExactCache:
         if text is not None:
             fields["text"] = text
         fields.update(extra or {})
-        entry_key = self.keys.cache_entry(entry_id)
+        # LFU with dynamic aging: a new entry starts just above the floor (see
+        # ``evict_over_cap``), so entries that were hot long ago do not stay forever. The
+        # memberships are kept outside the entry, so that an entry that expired can still be
+        # taken out of its bands.
+        keys = [self.keys.cache_entry(entry_id), self.keys.cache_index(task),
+                self.keys.cache_expiry(task), self.keys.cache_lfu_floor(task),
+                self.keys.cache_memberships(task), *(member_of or [])]
+        args: list[bytes | str | float | int] = [
+            repr(now), policy.cache_ttl_s, entry_id, now + policy.cache_ttl_s,
+            json.dumps(member_of) if member_of else "",
+            *(part for pair in fields.items() for part in pair)]
         try:
-            # Two round trips on the job path: what expired and the LFU floor, then the
-            # entry with the index size that the cap check needs.
-            reads = self.redis.pipeline(transaction=False)
-            reads.zrangebyscore(self.keys.cache_expiry(task), "-inf", now)
-            reads.get(self.keys.cache_lfu_floor(task))
-            expired, raw_floor = reads.execute()
-            if expired:
-                self._drop(task, expired)
-            floor = float(raw_floor or 0)
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.delete(entry_key)
-            pipe.hset(entry_key, mapping=fields)  # type: ignore[arg-type]
-            pipe.expire(entry_key, policy.cache_ttl_s)
-            # LFU with dynamic aging: a new entry starts just above the floor (see
-            # ``evict_over_cap``), so entries that were hot long ago do not stay forever.
-            pipe.zadd(self.keys.cache_index(task), {entry_id: floor + 1}, nx=True)
-            pipe.zadd(self.keys.cache_expiry(task), {entry_id: now + policy.cache_ttl_s})
-            if member_of:
-                # Kept outside the entry, so that an entry that expired can still be taken out
-                # of its bands.
-                pipe.hset(self.keys.cache_memberships(task), entry_id, json.dumps(member_of))
-            for member_set in member_of or []:
-                pipe.sadd(member_set, entry_id)
-                pipe.expire(member_set, policy.cache_ttl_s)
-            pipe.zcard(self.keys.cache_index(task))
-            size = int(pipe.execute()[-1])
+            # One round trip on the job path; a second and the sweep only when entries expired.
+            size = int(self._put_unless_expired(keys=keys, args=args))
+            if size < 0:
+                self.drop_expired(task, now)
+                size = int(self._put_unless_expired(keys=keys, args=["-inf", *args[1:]]))
             if size > policy.cache_max_entries:
                 self.evict_over_cap(task, policy.cache_max_entries)
         except redis.RedisError as e:

@@ -51,9 +51,11 @@ class Settings(BaseSettings):
 
     worker_slots: int = Field(default=16, ge=1, description="task threads per worker process")
     task_events: bool = Field(
-        default=True,
-        description="workers send Celery task events (what Flower shows); about 0.5 ms of "
-        "worker CPU per job on a no-op engine (bench/pipeline_overhead.py)",
+        default=False,
+        description="workers send Celery task events from the start (what Flower shows). Off, "
+        "they send none until Flower (`infermq flower`) turns them on with its periodic "
+        "enable_events broadcast: nobody pays for events nobody reads, about 1 ms of worker "
+        "and RabbitMQ CPU per job on a no-op engine (bench/pipeline_overhead.py)",
     )
     max_batch_size: int = Field(default=32, ge=1)
     max_wait_ms: float = Field(default=5.0, ge=0)

@@ -34,12 +34,18 @@ class _Channel:
 
 
 class ConfirmedPublisher:
-    """One confirmed AMQP channel per thread; declares the topology once per connection."""
+    """A pool of confirmed AMQP channels, each used by one thread at a time; declares the
+    topology once per connection.
+
+    Pooled rather than one per thread: a thread that ends (a request's worker thread, a
+    benchmark round's submitters) would otherwise leave its connection open and its successor
+    would pay a new connection and topology declaration.
+    """
 
     def __init__(self, settings: Settings, topology: Topology) -> None:
         self._settings = settings
         self._topology = topology
-        self._local = threading.local()
+        self._idle: list[_Channel] = []
         self._all: list[_Channel] = []
         self._lock = threading.Lock()
 
@@ -78,15 +84,23 @@ class ConfirmedPublisher:
             self._all.append(opened)
         return opened
 
-    def _channel(self) -> _Channel:
-        current: _Channel | None = getattr(self._local, "channel", None)
-        if current is None or not current.channel.is_open:
-            current = self._open()
-            self._local.channel = current
-        return current
+    def _take(self) -> _Channel:
+        """An idle open channel (the most recently used), or a new one."""
+        while True:
+            with self._lock:
+                current = self._idle.pop() if self._idle else None
+            if current is None:
+                return self._open()
+            if current.channel.is_open:
+                return current
+            self._discard(current)
+
+    def _give_back(self, current: _Channel) -> None:
+        with self._lock:
+            if current in self._all:  # not discarded or closed meanwhile
+                self._idle.append(current)
 
     def _discard(self, current: _Channel) -> None:
-        self._local.channel = None
         with self._lock:
             if current in self._all:
                 self._all.remove(current)
@@ -113,7 +127,7 @@ class ConfirmedPublisher:
             message_id=task_id,
             headers=headers,
         )
-        current = self._channel()
+        current = self._take()
         timed_out = threading.Event()
 
         def abort_unconfirmed() -> None:
@@ -127,6 +141,7 @@ class ConfirmedPublisher:
         timer = current.connection._impl.ioloop.call_later(
             self._settings.publish_confirm_timeout_s, abort_unconfirmed
         )
+        discarded = False
         try:
             current.channel.basic_publish(
                 exchange=self._topology.names.exchange,
@@ -141,13 +156,14 @@ class ConfirmedPublisher:
                 "bound; run `infermq migrate` or start a worker to declare the queues"
             ) from e
         except pika.exceptions.NackError as e:
-            if self._is_full(queue):
+            if self._is_full(current, queue):
                 raise QueueFull(
                     f"queue {queue.name} is full and refused job {task_id}: retry later, or "
                     "start more workers (`infermq worker`)"
                 ) from e
             raise QueueUnavailable(f"RabbitMQ refused job {task_id} on {queue.name}") from e
         except (pika.exceptions.AMQPError, OSError) as e:
+            discarded = True
             self._discard(current)
             if timed_out.is_set():
                 raise QueueUnavailable(
@@ -161,20 +177,22 @@ class ConfirmedPublisher:
             ) from e
         finally:
             current.connection._impl.ioloop.remove_timeout(timer)
+            if not discarded:
+                self._give_back(current)
 
-    def _is_full(self, queue: QueueSpec) -> bool:
+    def _is_full(self, current: _Channel, queue: QueueSpec) -> bool:
         limit = queue.arguments.get("x-max-length")
         if not isinstance(limit, int):
             return False
         try:
-            depth = self._channel().channel.queue_declare(queue.name, passive=True)
+            depth = current.channel.queue_declare(queue.name, passive=True)
         except pika.exceptions.AMQPError:
             return False
         return int(depth.method.message_count) >= limit
 
     def close(self) -> None:
         with self._lock:
-            channels, self._all = self._all, []
+            channels, self._all, self._idle = self._all, [], []
         for current in channels:
             with contextlib.suppress(Exception):
                 current.connection.close()

@@ -172,6 +172,31 @@ def test_entries_carry_the_task_ttl_and_expired_records_leave_the_index(
     assert cache.entry_count(TaskType.EMBED) == 0
 
 
+def test_a_store_sweeps_expired_records_first_even_its_own(
+    redis_client: redis.Redis, keys: RedisKeys
+) -> None:
+    # Given two entries whose expiry records say they expired (their TTL has passed)
+    registry = parse_registry(_registry_data(cache_ttl_s=60))
+    cache = ExactCache(redis_client, keys, registry)
+    spec = registry.choose_model(TaskType.EMBED, None)
+    old, again = request("an old text", TaskType.EMBED), request("asked again", TaskType.EMBED)
+    cache.store(old, spec, [0.1], "job-old")
+    cache.store(again, spec, [0.2], "job-again")
+    expiry = keys.cache_expiry("embed")
+    members: list[bytes] = redis_client.zrange(expiry, 0, -1)  # type: ignore[assignment]
+    redis_client.zadd(expiry, dict.fromkeys(members, time.time() - 1))
+
+    # When one of them is stored anew
+    cache.store(again, spec, [0.3], "job-again-2")
+
+    # Then the other is gone and the new one is the only entry, live, starting afresh
+    assert cache.entry_count(TaskType.EMBED) == 1
+    assert redis_client.zcard(expiry) == 1
+    entry = cache.lookup(again, spec)
+    assert entry is not None and entry.output == [0.3] and entry.source_job_id == "job-again-2"
+    assert cache.lookup(old, spec) is None
+
+
 # -- semantic tier --------------------------------------------------------------------------
 
 

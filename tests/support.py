@@ -1,8 +1,9 @@
-"""Helpers shared by the tests: cleaning up a namespace, reading queue depths."""
+"""Helpers shared by the tests: cleaning up a namespace, reading queue depths and messages."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pika
 
@@ -101,6 +103,17 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def take_job_message(settings: Settings, queue: str) -> dict[str, Any]:
+    """Takes the next message off ``queue``; returns the job message its task carries."""
+    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+    try:
+        method, _properties, body = connection.channel().basic_get(queue, auto_ack=True)
+    finally:
+        connection.close()
+    assert method is not None, f"no message on {queue}"
+    return dict(json.loads(body)[1]["message"])
 
 
 def take_dead_letters(settings: Settings, count: int, timeout_s: float = 120) -> list[dict]:

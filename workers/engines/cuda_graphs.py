@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from workers.engines.static_cache import StaticKVCache
+from workers.engines.static_cache import StaticKVCache, cache_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ class DecodeGraph:
     def _step(self) -> tuple[torch.Tensor, torch.Tensor]:
         mask = self.visible[:, None, None, :] & (self.keys <= self.write_at)
         logits = self.model(input_ids=self.tokens[:, None], attention_mask=mask,
-                            position_ids=self.positions[:, None], past_key_values=self.cache,
-                            use_cache=True).logits[:, -1, :]
+                            position_ids=self.positions[:, None],
+                            **cache_kwargs(self.model, self.cache)).logits[:, -1, :]
         greedy = logits.argmax(dim=-1)
         self.tokens.copy_(greedy)
         self.positions.add_(1)

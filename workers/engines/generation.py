@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from workers.engines.static_cache import StaticKVCache, StaticShape
+from workers.engines.static_cache import StaticKVCache, StaticShape, cache_kwargs
 
 if TYPE_CHECKING:
     from workers.engines.cuda_graphs import DecodeGraphs
@@ -160,7 +160,7 @@ def generate_rows(model: Any, tokenizer: Any, rows: list[GenerationRow], device:
 
     cache = DynamicCache(config=model.config)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+                   **cache_kwargs(model, cache), logits_to_keep=1).logits[:, -1, :]
     active = list(range(len(rows)))
     next_position = position_ids[:, -1] + 1
     step = 0
@@ -184,8 +184,8 @@ def generate_rows(model: Any, tokenizer: Any, rows: list[GenerationRow], device:
         attention_mask = torch.cat(
             [attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], dim=-1)
         logits = model(input_ids=next_ids.unsqueeze(-1), attention_mask=attention_mask,
-                       position_ids=next_position.unsqueeze(-1), past_key_values=cache,
-                       use_cache=True).logits[:, -1, :]
+                       position_ids=next_position.unsqueeze(-1),
+                       **cache_kwargs(model, cache)).logits[:, -1, :]
         next_position = next_position + 1
 
 
@@ -222,7 +222,7 @@ def _generate_static(model: Any, tokenizer: Any, rows: list[GenerationRow],
     cache = graph.start(visible, prompt_len) if graph is not None else StaticKVCache(
         count, cache_len)
     logits = model(input_ids=input_ids, attention_mask=prefill_mask, position_ids=position_ids,
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+                   **cache_kwargs(model, cache), logits_to_keep=1).logits[:, -1, :]
     cache.position = prompt_len
     next_ids = sample_next_tokens(logits, temperature, top_p, generators)
     if graph is not None:
@@ -247,8 +247,8 @@ def _generate_static(model: Any, tokenizer: Any, rows: list[GenerationRow],
             continue
         step_mask = visible[:, None, None, :] & (keys <= cache.position)
         logits = model(input_ids=next_ids.unsqueeze(-1), attention_mask=step_mask,
-                       position_ids=next_position.unsqueeze(-1), past_key_values=cache,
-                       use_cache=True).logits[:, -1, :]
+                       position_ids=next_position.unsqueeze(-1),
+                       **cache_kwargs(model, cache)).logits[:, -1, :]
         cache.position += 1
         next_position = next_position + 1
         next_ids = sample_next_tokens(logits, temperature, top_p, generators)

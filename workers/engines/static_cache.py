@@ -18,7 +18,9 @@ steps ran at about 70 ms against 16 ms for shapes already met. So on CUDA the to
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import torch
@@ -61,6 +63,22 @@ def plan_static_shape(rows: int, longest_prompt: int, most_new_tokens: int,
         prompt_len = longest_prompt
     cache_len = min(round_up(prompt_len + most_new_tokens, CACHE_MULTIPLE), max_positions)
     return StaticShape(row_bucket(rows), prompt_len, cache_len)
+
+
+@cache
+def _cache_keyword(forward: Any) -> str:
+    parameters = inspect.signature(forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def cache_kwargs(model: Any, kv_cache: Any) -> dict[str, Any]:
+    """The keyword arguments that hand ``kv_cache`` to ``model``'s forward.
+
+    transformers renamed ``past_key_values`` to ``cache`` (5.24 warns on the old name, 5.40
+    removes it). Chosen by what the forward declares, not by version: 5.17 would take ``cache=``
+    silently into ``**kwargs`` and decode without any cache.
+    """
+    return {_cache_keyword(type(model).forward): kv_cache, "use_cache": True}
 
 
 class StaticKVCache(DynamicCache):

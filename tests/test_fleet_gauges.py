@@ -42,3 +42,5 @@ def test_fleet_gauges_count_waiting_jobs_per_queue_and_sessions_per_state(
     assert samples[("infermq_dead_letter_messages", ())] == 0
     assert samples[("infermq_sessions", (("state", "INIT"),))] == init_before + 1
     assert ("infermq_sessions", (("state", "TERMINATED"),)) in samples
+    # and the registry's bounds, which the alert rules compare against
+    assert samples[("infermq_model_max_backlog_messages", (("model", "echo"),))] == 1000

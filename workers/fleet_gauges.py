@@ -38,8 +38,8 @@ class FleetGauges(Collector):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.names = QueueNames(settings.namespace)
-        self.model_queues = [(task.value, name) for task, name in
-                             load_registry(settings.registry_path).queues()]
+        self.registry = load_registry(settings.registry_path)
+        self.model_queues = [(task.value, name) for task, name in self.registry.queues()]
         self._depths = QueueDepths(settings.broker_url)
         # One broker connection; Prometheus' HTTP server may run two scrapes at once.
         self._lock = threading.Lock()
@@ -65,6 +65,7 @@ class FleetGauges(Collector):
             if depth is not None:
                 family.add_metric([], depth)
             yield family
+        yield from self._registry_bounds()
         by_state = GaugeMetricFamily("infermq_sessions", "Sessions by state", labels=["state"])
         try:
             with get_engine(self.settings).connect() as connection:
@@ -76,6 +77,20 @@ class FleetGauges(Collector):
         except SQLAlchemyError as e:
             log.warning("sessions not counted for this scrape: %s", e)
         yield by_state
+
+    def _registry_bounds(self) -> Iterator[GaugeMetricFamily]:
+        """The registry's per-model promises as series, so alert rules compare against the
+        registry (``> on(model)``) instead of copying its figures."""
+        sla = GaugeMetricFamily("infermq_model_latency_sla_seconds", "The registry's "
+                                "latency_sla_s of each model that has one", labels=["model"])
+        backlog = GaugeMetricFamily("infermq_model_max_backlog_messages", "The registry's "
+                                    "max_backlog of each model", labels=["model"])
+        for name, spec in self.registry.models.items():
+            if spec.latency_sla_s is not None:
+                sla.add_metric([name], spec.latency_sla_s)
+            backlog.add_metric([name], spec.max_backlog)
+        yield sla
+        yield backlog
 
     def close(self) -> None:
         self._depths.close()

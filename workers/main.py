@@ -92,8 +92,11 @@ def run_worker(
         runtime.begin_worker_drain()
 
     def stop_loading(**_: Any) -> None:
+        # SIGTERM (Kubernetes stopping the pod): Celery's warm shutdown stops consuming and
+        # finishes the jobs held; the models report DRAINING, as in a scale-down drain, so
+        # /readyz answers 503 and nothing loads meanwhile.
         consumer_queues.close()
-        demand.stop()
+        drain_worker()
 
     def stop_runtime(**_: Any) -> None:
         stop_loading()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import redis
 from kombu import Connection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from infermq.errors import InfermqError
 from infermq.jobs import JobMessage, JobResult, JobStatus, utcnow
@@ -31,6 +31,7 @@ from routing.metrics import InstanceStateName, ModelMetricsSnapshot
 from workers.batching import BatcherHooks
 from workers.engines.base import EngineOutput, EngineRequest
 from workers.metric_families import WorkerFamilies
+from workers.metrics_server import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class WorkerMetrics:
         self._depths = QueueDepths(settings.broker_url)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._server: Any = None
+        self._server: MetricsServer | None = None
         self.families = WorkerFamilies(self.registry)
         self._loading_since_s: dict[str, float] = {}
 
@@ -184,6 +185,11 @@ class WorkerMetrics:
             f.model_loads.labels(model, "ready" if loaded else "failed").inc()
             if loaded:
                 f.model_load_time.labels(model).observe(now_s - loading_since_s)
+
+    def model_states(self) -> dict[str, InstanceStateName]:
+        """Each model's instance state here (the readiness probe's answer)."""
+        with self._lock:
+            return dict(self._states)
 
     def forget(self, model: str) -> None:
         """The model was unloaded: its snapshot leaves Redis now (routing stops counting this
@@ -325,9 +331,8 @@ class WorkerMetrics:
         """Starts the publisher thread (first publish at once) and, if a port is set, the
         Prometheus HTTP server."""
         if self.settings.metrics_port:
-            self._server, _ = start_http_server(self.settings.metrics_port,
-                                                self.settings.metrics_host,
-                                                registry=self.registry)
+            self._server = MetricsServer(self.settings.metrics_host, self.settings.metrics_port,
+                                         self.registry, self.model_states)
             log.info("Prometheus metrics on http://%s:%d/metrics", self.settings.metrics_host,
                      self.settings.metrics_port)
         self._thread = threading.Thread(target=self._publish_forever, name="metrics",
@@ -349,8 +354,7 @@ class WorkerMetrics:
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
         self._depths.close()
 
 

@@ -96,7 +96,7 @@ def test_every_model_is_served_and_scaled_on_its_queues() -> None:
     assert sorted(served) == sorted(registry.models)  # each model in exactly one group
     assert {"infermq-gateway", "infermq-beat", "infermq-flower"} <= set(deployments)
     assert "infermq-migrate" in of_kind("Job")
-    longest_job_s = max(m.le for m in JobRequest.model_fields["timeout_s"].metadata
+    longest_job_s = max(float(m.le) for m in JobRequest.model_fields["timeout_s"].metadata  # type: ignore[arg-type]
                         if isinstance(m, annotated_types.Le))
 
     route_triggers = 0

@@ -27,6 +27,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -157,6 +158,9 @@ class Metrics:
             "infermq_gateway_request_seconds", "time to answer (to the first byte of a stream)",
             ["route"], registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60))
+        self.in_progress = Gauge("infermq_gateway_requests_in_progress", "Requests being "
+                                 "answered, open SSE streams and waits included",
+                                 registry=self.registry)
 
 
 class MetricsMiddleware:
@@ -182,7 +186,11 @@ class MetricsMiddleware:
                 metrics.requests.labels(scope["method"], route, str(status[0])).inc()
             await send(message)
 
-        await self.app(scope, receive, send_and_record)
+        metrics.in_progress.inc()
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            metrics.in_progress.dec()
 
 
 def sse_event(event_id: str | None, kind: str, data: dict[str, Any]) -> str:

@@ -66,6 +66,18 @@ class ModelSpec(BaseModel):
     remote: RemoteEndpoint | None = Field(
         default=None, description="the endpoint of an engine = \"openai\" model"
     )
+    latency_sla_s: float | None = Field(
+        default=None, gt=0, description="submit-to-result time the model promises: the latency "
+        "alert fires at 20 % over it (deploy/prometheus/alerts.yaml)"
+    )
+    max_backlog: int = Field(
+        default=1000, ge=1, description="jobs waiting in the model's queues beyond which the "
+        "backlog alert fires and KEDA adds a worker"
+    )
+    min_replicas: int = Field(
+        default=1, ge=0, description="workers kept for this model on Kubernetes; 0 lets KEDA "
+        "scale it to zero when its queues are empty (its first job then waits for a cold start)"
+    )
 
     @model_validator(mode="after")
     def _remote_only_with_openai(self) -> ModelSpec:

@@ -77,7 +77,11 @@ def test_worker_publishes_model_snapshots_to_redis_and_serves_prometheus_metrics
                  "infermq_queue_depth", "infermq_latency_p99_seconds", "infermq_error_rate",
                  "infermq_throughput_jobs_per_second", "infermq_cpu_utilisation",
                  "infermq_memory_used_bytes", "infermq_cache_hits",
+                 "infermq_job_queue_wait_seconds_bucket", "infermq_job_end_to_end_seconds_bucket",
+                 "infermq_engine_call_seconds_bucket", "infermq_batch_fill_ratio_bucket",
+                 'infermq_model_loads_total{model="echo",outcome="ready"} 1.0',
+                 'infermq_cache_misses_total{model="echo",task_type="generate"} 3.0',
                  'infermq_model_state{model="echo",state="READY"} 1.0'):
         assert name in text, name
-    assert 'infermq_jobs_total{model="echo",outcome="done"} 3.0' in text
-    assert 'infermq_jobs_total{model="echo",outcome="failed"} 1.0' in text
+    assert 'infermq_jobs_total{model="echo",outcome="done",task_type="generate"} 3.0' in text
+    assert 'infermq_jobs_total{model="echo",outcome="failed",task_type="generate"} 1.0' in text

@@ -65,8 +65,10 @@ class JobRunner:
         # Set by the worker entry point: live metrics (workers/metrics.py) see each job start
         # and end on its model; a routed job that its model fails may go to the router's next
         # fallback instead of failing (workers/router.py; True: it was republished).
-        self.on_job_started: Callable[[str], None] | None = None
-        self.on_job_ended: Callable[[str, JobResult | None], None] | None = None
+        self.on_job_started: Callable[[JobMessage], None] | None = None
+        self.on_job_ended: Callable[[JobMessage, JobResult | None], None] | None = None
+        # (model, seconds to activate and restore; None: it failed)
+        self.on_session_restored: Callable[[str, float | None], None] | None = None
         self.reroute: Callable[[JobMessage, EngineError], bool] | None = None
         # Set by the worker runtime (workers/runtime.py): ``hold_model`` admits a job only while
         # its model is READY here and counts it in flight until ``release_model``, so that a
@@ -124,13 +126,18 @@ class JobRunner:
             return None
         turn: Turn | None = None
         if in_session:
+            restore_started = time.monotonic()
             try:
                 turn = self.sessions.begin(message)
             except SessionError as e:
+                if self.on_session_restored is not None:
+                    self.on_session_restored(message.model, None)
                 self._end(message, JobStatus.FAILED, error=f"{type(e).__name__}: {e}")
                 raise DeadLetter(f"job {message.job_id} failed: {e}") from e
+            if self.on_session_restored is not None:
+                self.on_session_restored(message.model, time.monotonic() - restore_started)
         if self.on_job_started is not None:
-            self.on_job_started(message.model)
+            self.on_job_started(message)
         started = time.monotonic()
         cached = self.cache.lookup(message)
         if cached is not None:
@@ -139,7 +146,7 @@ class JobRunner:
             output = self._run_engine(message, turn)
         except EngineError as e:
             if self.on_job_ended is not None:
-                self.on_job_ended(message.model, None)
+                self.on_job_ended(message, None)
             if turn is None and self.reroute is not None and self.reroute(message, e):
                 return None
             self._end(message, JobStatus.FAILED, error=f"{type(e).__name__}: {e}")
@@ -190,7 +197,7 @@ class JobRunner:
                              if changed and message.webhook_url else None)
         self.state.write_result(result)
         if self.on_job_ended is not None:
-            self.on_job_ended(message.model, result)
+            self.on_job_ended(message, result)
         if changed and result.cache == "miss":
             self.cache.store(message, result.output)
         if turn is not None:

@@ -52,8 +52,8 @@ def run_worker(
     model_queues = {spec.name: [names.for_model(task.value, spec.name)
                                 for task in spec.task_types] for spec in runtime.specs}
     name = hostname or f"infermq-{os.getpid()}@{socket.gethostname()}"
-    runtime.metrics = WorkerMetrics(settings, host_format(name), model_queues,
-                                    get_redis(settings))
+    metrics = WorkerMetrics(settings, host_format(name), model_queues, get_redis(settings))
+    runtime.metrics = metrics
     publisher = ConfirmedJobPublisher(app, topology, settings.publish_confirm_timeout_s)
     runtime.runner.reroute = Fallbacks(runtime.runner.database, runtime.runner.state,
                                        publisher).reroute
@@ -77,6 +77,7 @@ def run_worker(
             settings, runtime.runner.cache.registry, runtime.runner.database,
             runtime.runner.state, publisher, embed,
             feature_cache=settings.models_dir / f"router-features-{embedder.name}-{source}.npz",
+            on_routed=metrics.job_routed,
         )
 
     consumer_queues = ConsumerQueues()
@@ -91,8 +92,11 @@ def run_worker(
         runtime.begin_worker_drain()
 
     def stop_loading(**_: Any) -> None:
+        # SIGTERM (Kubernetes stopping the pod): Celery's warm shutdown stops consuming and
+        # finishes the jobs held; the models report DRAINING, as in a scale-down drain, so
+        # /readyz answers 503 and nothing loads meanwhile.
         consumer_queues.close()
-        demand.stop()
+        drain_worker()
 
     def stop_runtime(**_: Any) -> None:
         stop_loading()

@@ -44,7 +44,8 @@ def register_maintenance_tasks(app: Celery, settings: Settings) -> None:
 
 def run_beat(settings: Settings, every_s: float) -> None:
     """Runs Celery beat in this process: sends the session sweep every ``every_s`` seconds to
-    the side-task queue. Run one beat per deployment."""
+    the side-task queue, and serves the fleet gauges (queue depths, dead letters, sessions by
+    state) on ``metrics_port`` when set. Run one beat per deployment."""
     from workers.celery_app import create_app
 
     app = create_app(settings)
@@ -57,4 +58,13 @@ def run_beat(settings: Settings, every_s: float) -> None:
         }
     }
     schedule = Path(tempfile.gettempdir()) / f"infermq-beat-{settings.namespace}"
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        from workers.fleet_gauges import fleet_registry
+
+        registry, _ = fleet_registry(settings)
+        start_http_server(settings.metrics_port, settings.metrics_host, registry=registry)
+        log.info("fleet gauges on http://%s:%d/metrics", settings.metrics_host,
+                 settings.metrics_port)
     app.start(["beat", f"--schedule={schedule}", "--loglevel=INFO"])

@@ -20,21 +20,22 @@ from typing import Any
 import numpy as np
 import redis
 from kombu import Connection
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry
 
 from infermq.errors import InfermqError
-from infermq.jobs import JobResult, JobStatus
+from infermq.jobs import JobMessage, JobResult, JobStatus, utcnow
 from infermq.keys import RedisKeys
 from infermq.live_metrics import write_snapshot
 from infermq.settings import Settings
 from routing.metrics import InstanceStateName, ModelMetricsSnapshot
 from workers.batching import BatcherHooks
 from workers.engines.base import EngineOutput, EngineRequest
+from workers.metric_families import WorkerFamilies
+from workers.metrics_server import MetricsServer
 
 log = logging.getLogger(__name__)
 
 STATES: tuple[InstanceStateName, ...] = ("LOADING", "READY", "DRAINING", "FAILED")
-BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 @dataclass
@@ -162,45 +163,33 @@ class WorkerMetrics:
         self._depths = QueueDepths(settings.broker_url)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._server: Any = None
-        self._define_prometheus_metrics()
-
-    def _define_prometheus_metrics(self) -> None:
-        r, m = self.registry, ["model"]
-        self.job_latency = Histogram("infermq_job_latency_seconds",
-                                     "Time from a job's start in the worker to its result", m,
-                                     registry=r)
-        self.jobs = Counter("infermq_jobs", "Jobs ended, by outcome", [*m, "outcome"],
-                            registry=r)
-        self.batch_size = Histogram("infermq_batch_size", "Inputs per engine call", m,
-                                    buckets=BATCH_SIZE_BUCKETS, registry=r)
-        self.cache_hits = Counter("infermq_cache_hits", "Jobs answered from the cache in the "
-                                  "worker, by tier", [*m, "tier"], registry=r)
-        self.queue_depth = Gauge("infermq_queue_depth", "Messages ready in the model's queue",
-                                 m, registry=r)
-        self.in_flight = Gauge("infermq_jobs_in_flight", "Jobs of the model inside this worker",
-                               m, registry=r)
-        self.latency_p50 = Gauge("infermq_latency_p50_seconds", "Median job latency over the "
-                                 "last period", m, registry=r)
-        self.latency_p99 = Gauge("infermq_latency_p99_seconds", "99th percentile job latency "
-                                 "over the last period", m, registry=r)
-        self.throughput = Gauge("infermq_throughput_jobs_per_second", "Jobs completed per "
-                                "second over the last period", m, registry=r)
-        self.error_rate = Gauge("infermq_error_rate", "Failed over ended jobs in the last "
-                                "period", m, registry=r)
-        self.model_state = Gauge("infermq_model_state", "1 for the model's current instance "
-                                 "state", [*m, "state"], registry=r)
-        self.cpu = Gauge("infermq_cpu_utilisation", "Host CPU busy fraction", registry=r)
-        self.gpu = Gauge("infermq_gpu_utilisation", "GPU busy fraction", registry=r)
-        self.memory_used = Gauge("infermq_memory_used_bytes", "Device memory in use", registry=r)
+        self._server: MetricsServer | None = None
+        self.families = WorkerFamilies(self.registry)
+        self._loading_since_s: dict[str, float] = {}
 
     # -- recording (task and batcher threads) ------------------------------------------------
 
     def set_state(self, model: str, state: InstanceStateName) -> None:
+        """Records ``model``'s new state; a load's end (READY or FAILED after LOADING) is
+        counted by outcome and, when READY, timed."""
+        now_s = time.monotonic()
         with self._lock:
             self._states[model] = state
+            loading_since_s = (self._loading_since_s.pop(model, None) if state != "LOADING"
+                               else self._loading_since_s.setdefault(model, now_s))
+        f = self.families
         for name in STATES:
-            self.model_state.labels(model, name).set(1 if name == state else 0)
+            f.model_state.labels(model, name).set(1 if name == state else 0)
+        if state != "LOADING" and loading_since_s is not None:
+            loaded = state != "FAILED"  # READY, or DRAINING when the worker drains meanwhile
+            f.model_loads.labels(model, "ready" if loaded else "failed").inc()
+            if loaded:
+                f.model_load_time.labels(model).observe(now_s - loading_since_s)
+
+    def model_states(self) -> dict[str, InstanceStateName]:
+        """Each model's instance state here (the readiness probe's answer)."""
+        with self._lock:
+            return dict(self._states)
 
     def forget(self, model: str) -> None:
         """The model was unloaded: its snapshot leaves Redis now (routing stops counting this
@@ -209,18 +198,23 @@ class WorkerMetrics:
             with self._lock:
                 self._states.pop(model, None)
             for name in STATES:
-                self.model_state.remove(model, name)
+                self.families.model_state.remove(model, name)
             try:
                 self.client.delete(self.keys.model_metrics(model, self.worker))
             except redis.RedisError as e:
                 log.warning("snapshot of %s not deleted (it expires on its own): %s", model, e)
 
-    def job_started(self, model: str) -> None:
+    def job_started(self, message: JobMessage) -> None:
+        """Counts the job in flight and how long it waited since submit (producer's clock:
+        a skew between hosts is clamped at zero)."""
         with self._lock:
-            self._in_flight[model] = self._in_flight.get(model, 0) + 1
+            self._in_flight[message.model] = self._in_flight.get(message.model, 0) + 1
+        waited_s = max(0.0, (utcnow() - message.submitted_at).total_seconds())
+        self.families.queue_wait.labels(message.model, message.task_type.value).observe(waited_s)
 
-    def job_ended(self, model: str, result: JobResult | None) -> None:
-        """Counts one job of ``model`` that ended (``result`` None: failed with no result)."""
+    def job_ended(self, message: JobMessage, result: JobResult | None) -> None:
+        """Counts one job that ended (``result`` None: failed with no result)."""
+        model, task_type = message.model, message.task_type.value
         done = result is not None and result.status == JobStatus.DONE
         latency_s = result.latency_ms / 1000 if done and result and result.latency_ms else None
         tier = result.cache if done and result else "miss"
@@ -235,21 +229,47 @@ class WorkerMetrics:
                     period.cache_hits += 1
             else:
                 period.failed += 1
+        f = self.families
         outcome = "done" if done else (result.status.value if result else "failed")
-        self.jobs.labels(model, outcome).inc()
+        f.jobs.labels(model, task_type, outcome).inc()
         if latency_s is not None:
-            self.job_latency.labels(model).observe(latency_s)
-        if tier != "miss":
-            self.cache_hits.labels(model, tier).inc()
+            f.job_latency.labels(model).observe(latency_s)
+        if done:
+            end_to_end_s = max(0.0, (utcnow() - message.submitted_at).total_seconds())
+            f.end_to_end.labels(model, task_type).observe(end_to_end_s)
+            if tier == "miss":
+                f.cache_misses.labels(model, task_type).inc()
+            else:
+                f.cache_hits.labels(model, tier).inc()
 
-    def batch_ran(self, model: str, inputs: int) -> None:
+    def session_restored(self, model: str, restore_s: float | None) -> None:
+        """Times one session activation and context restore (None: it failed)."""
+        if restore_s is None:
+            self.families.session_restore_failures.labels(model).inc()
+        else:
+            self.families.session_restore.labels(model).observe(restore_s)
+
+    def job_routed(self, request_class: str | None, model: str | None, route_s: float) -> None:
+        """Counts one auto job the router placed on ``model`` (None: no model could take it)."""
+        f = self.families
+        f.route_time.observe(route_s)
+        if model is None or request_class is None:
+            f.route_failures.inc()
+        else:
+            f.routed.labels(request_class, model).inc()
+
+    def batch_ran(self, model: str, inputs: int, max_batch_size: int, engine_s: float) -> None:
         with self._lock:
             self._periods.setdefault(model, _Period()).batch_sizes.append(inputs)
-        self.batch_size.labels(model).observe(inputs)
+        f = self.families
+        f.batch_size.labels(model).observe(inputs)
+        f.batch_fill.labels(model).observe(min(1.0, inputs / max_batch_size))
+        f.engine_call.labels(model).observe(engine_s)
 
-    def batcher_hooks(self, model: str) -> BatcherHooks:
-        """Hooks that record each engine call's batch size for ``model``."""
-        return _BatchSizeHooks(lambda inputs: self.batch_ran(model, inputs))
+    def batcher_hooks(self, model: str, max_batch_size: int) -> BatcherHooks:
+        """Hooks that record each engine call's batch size, fill and time for ``model``."""
+        return _BatchHooks(lambda inputs, engine_s: self.batch_ran(model, inputs, max_batch_size,
+                                                                   engine_s))
 
     # -- publishing (its own thread) --------------------------------------------------------
 
@@ -263,10 +283,13 @@ class WorkerMetrics:
             self._period_start_s = now_s
         cpu, gpu = self._host.cpu_util(), self._host.gpu_util()
         used_mib, total_mib = self._host.memory_mib()
-        self.cpu.set(cpu)
+        f = self.families
+        f.cpu.set(cpu)
         if gpu is not None:
-            self.gpu.set(gpu)
-        self.memory_used.set(used_mib * 2**20)
+            f.gpu.set(gpu)
+        f.memory_used.set(used_mib * 2**20)
+        if total_mib is not None:
+            f.memory_total.set(total_mib * 2**20)
         result = []
         for model, state in states.items():
             p = periods.get(model, _Period())
@@ -288,15 +311,15 @@ class WorkerMetrics:
         return result
 
     def _export(self, snap: ModelMetricsSnapshot, depth: int | None) -> None:
-        m = snap.model
+        m, f = snap.model, self.families
         if depth is not None:
-            self.queue_depth.labels(m).set(depth)
-        self.in_flight.labels(m).set(snap.in_flight)
+            f.queue_depth.labels(m).set(depth)
+        f.in_flight.labels(m).set(snap.in_flight)
         if snap.latency_p50_s is not None and snap.latency_p99_s is not None:
-            self.latency_p50.labels(m).set(snap.latency_p50_s)
-            self.latency_p99.labels(m).set(snap.latency_p99_s)
-        self.throughput.labels(m).set(snap.throughput_jobs_per_s)
-        self.error_rate.labels(m).set(snap.error_rate)
+            f.latency_p50.labels(m).set(snap.latency_p50_s)
+            f.latency_p99.labels(m).set(snap.latency_p99_s)
+        f.throughput.labels(m).set(snap.throughput_jobs_per_s)
+        f.error_rate.labels(m).set(snap.error_rate)
 
     def publish_once(self) -> None:
         """Writes this period's snapshots to Redis (with the settings' TTL)."""
@@ -308,9 +331,8 @@ class WorkerMetrics:
         """Starts the publisher thread (first publish at once) and, if a port is set, the
         Prometheus HTTP server."""
         if self.settings.metrics_port:
-            self._server, _ = start_http_server(self.settings.metrics_port,
-                                                self.settings.metrics_host,
-                                                registry=self.registry)
+            self._server = MetricsServer(self.settings.metrics_host, self.settings.metrics_port,
+                                         self.registry, self.model_states)
             log.info("Prometheus metrics on http://%s:%d/metrics", self.settings.metrics_host,
                      self.settings.metrics_port)
         self._thread = threading.Thread(target=self._publish_forever, name="metrics",
@@ -332,14 +354,20 @@ class WorkerMetrics:
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
         self._depths.close()
 
 
-class _BatchSizeHooks(BatcherHooks):
-    def __init__(self, record: Callable[[int], None]) -> None:
+class _BatchHooks(BatcherHooks):
+    """Times each engine call; the batcher calls both hooks on its one thread."""
+
+    def __init__(self, record: Callable[[int, float], None]) -> None:
         self._record = record
+        self._started_s = 0.0
+
+    def before_batch(self, batch: Sequence[EngineRequest]) -> None:
+        self._started_s = time.perf_counter()
 
     def after_batch(self, batch: Sequence[EngineRequest], outputs: Sequence[EngineOutput]) -> None:
-        self._record(sum(request.input_count for request in batch))
+        self._record(sum(request.input_count for request in batch),
+                     time.perf_counter() - self._started_s)

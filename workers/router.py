@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -171,8 +171,12 @@ class JobRouter:
         classes: Mapping[str, RequestClass] | None = None,
         policy: QosPolicy | None = None,
         feature_cache: Path | None = None,
+        on_routed: Callable[[str | None, str | None, float], None] | None = None,
     ) -> None:
+        """``on_routed(request_class, model, seconds)`` sees every placement (None, None: no
+        model could take the job); the worker's metrics count them."""
         self.settings = settings
+        self.on_routed = on_routed
         self.registry = registry
         self.database = database
         self.state = state
@@ -248,10 +252,13 @@ class JobRouter:
         if row.status not in RUNNABLE:
             return None
         full: list[str] = []
+        started_s = time.monotonic()
         while True:
             try:
                 decision = self.decide(message, time.time(), exclude=full)
             except NoEligibleModel as e:
+                if self.on_routed is not None:
+                    self.on_routed(None, None, time.monotonic() - started_s)
                 self._fail(message, f"no model can take it: {e}")
                 raise DeadLetter(f"job {message.job_id}: {e}") from e
             routed = message.model_copy(update={
@@ -266,6 +273,9 @@ class JobRouter:
                 full.append(decision.model)
                 continue
             log.info("job %s routed to %s: %s", message.job_id, decision.model, decision.reason)
+            if self.on_routed is not None:
+                self.on_routed(decision.request_class, decision.model,
+                               time.monotonic() - started_s)
             return decision
 
     def _fail(self, message: JobMessage, error: str) -> None:

@@ -157,6 +157,7 @@ class WorkerRuntime:
             metrics.start()
             self.runner.on_job_started = metrics.job_started
             self.runner.on_job_ended = metrics.job_ended
+            self.runner.on_session_restored = metrics.session_restored
         self._load_admitted()
         embed = self.embedder()
         if embed is not None:
@@ -262,7 +263,8 @@ class WorkerRuntime:
                         "; giving up on it" if outcome is not None else "; will retry",
                         exc_info=True)
             return False
-        hooks = self.metrics.batcher_hooks(spec.name) if self.metrics is not None else None
+        hooks = (self.metrics.batcher_hooks(spec.name, spec.max_batch_size)
+                 if self.metrics is not None else None)
         batcher = Batcher(engine, spec.max_batch_size, spec.max_wait_ms, hooks=hooks)
         batcher.start()
         self.batchers[spec.name] = batcher

@@ -192,10 +192,7 @@ class Client:
                     existing = insert_submitting(connection, message, idempotency_key, tenant)
         except OperationalError as e:
             raise database_unavailable(self.engine, e) from e
-        if existing is not None and existing.status not in (
-            JobStatus.SUBMITTING,
-            JobStatus.REJECTED,
-        ):
+        if existing is not None and self._already_published(existing):
             return JobHandle(self, existing.id)
         job_id = existing.id if existing is not None else message.job_id
         message = message.model_copy(update={"job_id": job_id})
@@ -225,6 +222,21 @@ class Client:
         # worker runs a submitting job like a queued one.
         self.writes.mark_queued_behind(job_id)
         return JobHandle(self, job_id, after_event_id=queued_event_id)
+
+    def _already_published(self, existing: JobRow) -> bool:
+        """Whether the first submit of an idempotency key published its job (or is publishing).
+
+        The row's ``queued`` mark is written behind, so a repeat arriving at once finds the row
+        still ``submitting``; the hot status in Redis, marked before the publish, tells it that
+        the first submit got that far. Only a row with neither (a submit that died before its
+        publish, or Redis forgot) is published again; the worker's commit point keeps a
+        duplicate message from running the job twice.
+        """
+        if existing.status == JobStatus.REJECTED:
+            return False
+        if existing.status != JobStatus.SUBMITTING:
+            return True
+        return self.state.read_status(existing.id) not in (None, JobStatus.REJECTED)
 
     def session(self, session_id: str | None = None, tenant: str | None = None) -> Session:
         """Opens a session (or returns the existing one with this id): its jobs share a

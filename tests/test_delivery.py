@@ -71,6 +71,26 @@ def test_bad_input_raises_typed_error_and_publishes_nothing(
     assert _job_rows(client) == rows_before
 
 
+def test_a_repeat_arriving_before_the_queued_mark_is_written_publishes_nothing(
+    echo_settings: Settings, client_for: Callable[[Settings], Client],
+) -> None:
+    # Given a first submit whose row still reads submitting (its queued mark is written behind)
+    from sqlalchemy import update
+
+    from infermq.tables import jobs
+
+    client = client_for(echo_settings)
+    first = client.submit("embed", "at once", idempotency_key="order-43")
+    client.writes.flush()
+    with client.engine.begin() as connection:
+        connection.execute(update(jobs).where(jobs.c.id == first.id).values(status="submitting"))
+    # When the same key is submitted again
+    second = client.submit("embed", "at once", idempotency_key="order-43")
+    # Then it is the same job, published once
+    assert second.id == first.id
+    assert queue_depth(echo_settings, client.topology.queue_for("embed", "echo").name) == 1
+
+
 def test_same_idempotency_key_gives_one_job_and_one_message(
     echo_settings: Settings,
     start_worker: Callable[..., WorkerProcess],

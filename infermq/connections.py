@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+from urllib.parse import urlsplit
 
 import redis
 
+from infermq.errors import RedisUnavailable
 from infermq.settings import Settings
 
 _clients: dict[tuple[str, bool], redis.Redis] = {}
@@ -40,3 +42,12 @@ def _client(url: str, decode_responses: bool) -> redis.Redis:
             )
             _clients[(url, decode_responses)] = client
         return client
+
+
+def redis_unavailable(settings: Settings, error: Exception) -> RedisUnavailable:
+    """The typed error for a Redis request that failed, saying what to do next."""
+    url = urlsplit(settings.redis_url)
+    where = f"{url.hostname or '127.0.0.1'}:{url.port or 6379}"
+    return RedisUnavailable(
+        f"Redis at {where} failed ({error}): is it running? `infermq services` starts it; "
+        f"retry the request once it answers.")

@@ -18,6 +18,11 @@ class ServiceUnavailable(InfermqError):
     """Raised when RabbitMQ, Redis or PostgreSQL cannot be reached."""
 
 
+class RedisUnavailable(ServiceUnavailable):
+    """Raised when Redis refused, dropped or timed out a request a caller cannot do without
+    (a submit's hot status); waiters instead retry Redis and read PostgreSQL meanwhile."""
+
+
 class SubmitError(InfermqError):
     """Base of the errors raised while a job is being submitted."""
 

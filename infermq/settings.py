@@ -119,6 +119,12 @@ class Settings(BaseSettings):
         default=1024, ge=1, description="session contexts held in each worker's memory"
     )
 
+    waiter_recheck_s: float = Field(
+        default=5.0, gt=0,
+        description="a waiter whose Redis stream stays quiet this long (or fails) looks at the "
+        "job's PostgreSQL row: Redis may have been flushed or restarted",
+    )
+
     gateway_auth: Literal["auto", "on", "off"] = Field(
         default="auto", description="API keys at the gateway; auto: off on loopback, else on"
     )

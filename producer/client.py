@@ -9,7 +9,7 @@ written behind in PostgreSQL (the worker treats ``submitting`` and ``queued`` al
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
 from infermq.cache import CacheEntry, ExactCache
-from infermq.connections import get_binary_redis, get_redis
+from infermq.connections import get_binary_redis, get_redis, redis_unavailable
 from infermq.database import get_engine
 from infermq.errors import (
     InvalidRequest,
@@ -44,12 +44,13 @@ from infermq.jobstore import (
     set_status,
 )
 from infermq.keys import ROUTE_JOB_TASK, RUN_JOB_TASK, QueueNames, RedisKeys
-from infermq.results import JobStateStore
+from infermq.results import JobEvent, JobStateStore
 from infermq.session_store import SessionStore
 from infermq.session_turns import TurnGate
 from infermq.settings import Settings, get_settings
 from producer.publisher import ConfirmedPublisher
 from producer.submit_writes import SubmitWrites
+from producer.waiting import REDIS_OUTAGES, is_final_event, job_events, result_from_row
 from producer.webhook_policy import check_webhook_url
 from routing.registry import load_registry
 from routing.topology import build_topology
@@ -128,7 +129,8 @@ class Client:
             InvalidRequest: bad input; nothing was published or written.
             QueueFull, QueueUnavailable: the broker did not take the job; its row says
                 ``rejected``.
-            ServiceUnavailable: PostgreSQL or Redis cannot be reached.
+            ServiceUnavailable: PostgreSQL or Redis (``RedisUnavailable``) cannot be reached;
+                the row, if one was written, says ``rejected`` and nothing was published.
         """
         request, model = self.validate(task_type, input, **fields)
         message = JobMessage(
@@ -169,7 +171,9 @@ class Client:
                            result=result.model_dump(mode="json"), cache="exact")
         except OperationalError as e:
             raise database_unavailable(self.engine, e) from e
-        self.state.write_result(result)
+        # The row is the record: a waiter finds the result there if Redis missed it.
+        with contextlib.suppress(*REDIS_OUTAGES):
+            self.state.write_result(result)
         return JobHandle(self, message.job_id)
 
     def publish(
@@ -203,7 +207,12 @@ class Client:
                 RUN_JOB_TASK
         # The hot status goes first: the worker cannot see the job before the publish, so its
         # own status events always come after this one.
-        queued_event_id = self.state.mark_status(job_id, JobStatus.QUEUED)
+        try:
+            queued_event_id = self.state.mark_status(job_id, JobStatus.QUEUED)
+        except REDIS_OUTAGES as e:
+            error = redis_unavailable(self.settings, e)
+            self._reject(job_id, error)
+            raise error from e
         try:
             self.publisher.publish(
                 queue,
@@ -213,15 +222,23 @@ class Client:
                 message.priority,
             )
         except QueueError as e:
-            self.writes.flush()  # the record of earlier jobs reads queued before this one
-            with self.engine.begin() as connection:
-                set_status(connection, job_id, JobStatus.REJECTED, error=str(e))
-            self.state.mark_status(job_id, JobStatus.REJECTED)
+            self._reject(job_id, e)
+            with contextlib.suppress(*REDIS_OUTAGES):
+                self.state.mark_status(job_id, JobStatus.REJECTED)
             raise
         # Written behind (producer/submit_writes.py): the row is the record already, and the
         # worker runs a submitting job like a queued one.
         self.writes.mark_queued_behind(job_id)
         return JobHandle(self, job_id, after_event_id=queued_event_id)
+
+    def _reject(self, job_id: str, error: Exception) -> None:
+        """Records that this submit did not publish its job: the row ends ``rejected``."""
+        self.writes.flush()  # the record of earlier jobs reads queued before this one
+        try:
+            with self.engine.begin() as connection:
+                set_status(connection, job_id, JobStatus.REJECTED, error=str(error))
+        except OperationalError as e:
+            raise database_unavailable(self.engine, e) from e
 
     def _already_published(self, existing: JobRow) -> bool:
         """Whether the first submit of an idempotency key published its job (or is publishing).
@@ -236,7 +253,11 @@ class Client:
             return False
         if existing.status != JobStatus.SUBMITTING:
             return True
-        return self.state.read_status(existing.id) not in (None, JobStatus.REJECTED)
+        try:
+            hot = self.state.read_status(existing.id)
+        except REDIS_OUTAGES as e:
+            raise redis_unavailable(self.settings, e) from e
+        return hot not in (None, JobStatus.REJECTED)
 
     def session(self, session_id: str | None = None, tenant: str | None = None) -> Session:
         """Opens a session (or returns the existing one with this id): its jobs share a
@@ -304,70 +325,69 @@ class JobHandle:
 
     def status(self) -> str:
         """The job's status: Redis first, then the PostgreSQL row (the durable record)."""
-        hot = self.client.state.read_status(self.id)
+        try:
+            hot = self.client.state.read_status(self.id)
+        except REDIS_OUTAGES:
+            hot = None
         if hot is not None:
             return hot.value
         return get_job(self.client.engine, self.id).status.value
 
     def result(self, timeout_s: float = 60.0) -> JobResult:
-        """Waits for the job to end and returns its result; does not consume it.
+        """Waits for the job to end and returns its result; does not consume it. When Redis
+        has forgotten the job or cannot be reached, the PostgreSQL row answers
+        (``producer/waiting.py``).
 
         Raises:
             JobFailed: the job ended failed, dead, cancelled or rejected.
             JobTimeout: the job did not end within ``timeout_s``.
         """
-        deadline = time.monotonic() + timeout_s
-        last_id = self._after_event_id or "0-0"
         result = None if self._after_event_id is not None else self._final_result()
-        while result is None:
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0:
-                raise JobTimeout(
-                    f"job {self.id} did not finish within {timeout_s} s (status "
-                    f"{self.status()}); wait longer or check the workers (`infermq status`)"
-                )
-            for event in self.client.state.events(self.id, last_id, block_ms=remaining_ms):
-                last_id = event.event_id
-                if event.kind == "status" and JobStatus(event.data).is_final:
-                    result = self._final_result()
+        if result is None:
+            for event in self._events(timeout_s):
+                if event is not None and is_final_event(event):
+                    result = self._final_result(known_final=True)
+        if result is None:  # pragma: no cover - a final event always has a final row
+            raise JobTimeout(f"job {self.id} ended without a result; read it with `infermq "
+                             f"status {self.id}`")
         return result
 
-    def _final_result(self) -> JobResult | None:
-        result, hot = self.client.state.read_result_and_status(self.id)
+    def _events(self, timeout_s: float) -> Iterator[JobEvent | None]:
+        def read(after_id: str, block_ms: int) -> list[JobEvent]:
+            return list(self.client.state.events(self.id, after_id, block_ms=block_ms))
+
+        return job_events(read, self.client.engine, self.id, self._after_event_id or "0-0",
+                          timeout_s, self.client.settings.waiter_recheck_s)
+
+    def _final_result(self, known_final: bool = False) -> JobResult | None:
+        """The job's result if it has ended (else None); raises ``JobFailed`` if it failed.
+        ``known_final``: its end was seen, so a missing hot status cannot mean "on its way"."""
+        try:
+            result, hot = self.client.state.read_result_and_status(self.id)
+        except REDIS_OUTAGES:
+            result, hot = None, None
         if result is None:
-            if hot is not None and not hot.is_final:
+            if hot is not None and not hot.is_final and not known_final:
                 # On its way: every change reaches Redis (and wakes the waiter) after the
                 # row, so the row has nothing newer to say; no PostgreSQL read per wait.
                 return None
-            row = get_job(self.client.engine, self.id)
-            if not row.status.is_final:
+            result = result_from_row(get_job(self.client.engine, self.id))
+            if result is None:
                 return None
-            if row.result is not None:
-                result = JobResult.model_validate(row.result)
-            else:
-                result = JobResult(job_id=self.id, status=row.status, error=row.error)
         if result.status in FAILED_STATUSES:
             raise JobFailed(self.id, result.status.value, result.error)
         return result
 
     def stream(self, timeout_s: float = 60.0) -> Iterator[str]:
-        """Yields generated text pieces as the worker produces them, until the job ends.
+        """Yields generated text pieces as the worker produces them, until the job ends (told
+        by the PostgreSQL row when Redis has forgotten it or cannot be reached).
 
         Raises:
             JobTimeout: the job did not end within ``timeout_s``.
         """
-        deadline = time.monotonic() + timeout_s
-        last_id = self._after_event_id or "0-0"
-        while True:
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0:
-                raise JobTimeout(f"job {self.id} did not finish streaming within {timeout_s} s")
-            for event in self.client.state.events(self.id, last_id, block_ms=remaining_ms):
-                last_id = event.event_id
-                if event.kind == "token":
-                    yield event.data
-                elif JobStatus(event.data).is_final:
-                    return
+        for event in self._events(timeout_s):
+            if event is not None and event.kind == "token":
+                yield event.data
 
     def cancel(self) -> None:
         """Asks the worker not to run the job if it has not started; a durable mark."""

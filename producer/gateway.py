@@ -37,6 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from infermq.connections import redis_unavailable
 from infermq.errors import InfermqError, JobTimeout
 from infermq.jobs import ChatMessage, JobRequest, JobResult, JobStatus
 from infermq.jobstore import JobRow, get_job
@@ -47,11 +48,13 @@ from producer.auth import Authenticator, Caller
 from producer.client import Client, JobHandle
 from producer.http_errors import (
     error_body,
+    error_response,
     http_error_handler,
     infermq_error_handler,
     validation_error_handler,
 )
 from producer.job_stream import START_ID, AsyncJobStream
+from producer.waiting import REDIS_OUTAGES
 
 THREADPOOL_SIZE = 200
 """Threads for blocking calls (publishes, PostgreSQL); waiting on jobs takes none."""
@@ -224,6 +227,12 @@ def create_app(settings: Settings, auth_required: bool = False) -> FastAPI:
     app = FastAPI(title="infermq gateway", version="1", lifespan=lifespan,
                   description="Prioritized, batched, cached model inference over RabbitMQ.")
     app.add_exception_handler(InfermqError, infermq_error_handler)
+
+    async def redis_outage_handler(_request: Request, error: Exception) -> JSONResponse:
+        return error_response(redis_unavailable(settings, error))
+
+    for outage in REDIS_OUTAGES:  # a 503 that says what failed, not a bare 500
+        app.add_exception_handler(outage, redis_outage_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     metrics = Metrics()
@@ -264,7 +273,7 @@ def create_app(settings: Settings, auth_required: bool = False) -> FastAPI:
         job ends. Reconnect with ``Last-Event-ID`` to resume after the last event received."""
         row = await gateway.job_row(caller, job_id)
         after_id = last_event_id or START_ID
-        if not await gateway.stream.has_stream(job_id) and row.status.is_final:
+        if row.status.is_final and not await _has_stream_if_reachable(gateway, job_id):
             events = _final_only(row)
         else:
             events = _sse_from_stream(gateway, job_id, after_id)
@@ -312,6 +321,15 @@ async def _sse_from_stream(gateway: Gateway, job_id: str, after_id: str) -> Asyn
                 yield sse_event(event.event_id, event.kind, {"status": event.data})
     except JobTimeout as e:
         yield sse_event(None, "error", error_body(str(e), 504, "job_timeout"))
+
+
+async def _has_stream_if_reachable(gateway: Gateway, job_id: str) -> bool:
+    """Whether Redis still holds the job's stream; False when Redis cannot be reached (the
+    row, already final, tells the end)."""
+    try:
+        return await gateway.stream.has_stream(job_id)
+    except REDIS_OUTAGES:
+        return False
 
 
 async def _final_only(row: JobRow) -> AsyncIterator[str]:

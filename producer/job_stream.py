@@ -7,19 +7,19 @@ no polling, and a thread only for the rare fallback to the PostgreSQL row.
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import redis.asyncio as aioredis
 from starlette.concurrency import run_in_threadpool
 
 from infermq.errors import JobFailed, JobTimeout
-from infermq.jobs import JobResult, JobStatus
+from infermq.jobs import JobResult
 from infermq.jobstore import get_job
 from infermq.keys import RedisKeys
 from infermq.results import JobEvent
 from producer.client import FAILED_STATUSES, Client
+from producer.waiting import REDIS_OUTAGES, is_final_event, job_events_async, result_from_row
 
 START_ID = "0-0"
 
@@ -42,28 +42,22 @@ class AsyncJobStream:
     async def has_stream(self, job_id: str) -> bool:
         return bool(await self.redis.exists(self.keys.job_events(job_id)))
 
-    async def events(self, job_id: str, after_id: str, timeout_s: float,
-                     keepalive_s: float = 15.0) -> AsyncIterator[JobEvent | None]:
+    async def events(self, job_id: str, after_id: str,
+                     timeout_s: float) -> AsyncIterator[JobEvent | None]:
         """Events after ``after_id`` until the job's final status; None marks a quiet
-        ``keepalive_s`` (so that proxies keep an idle stream open).
+        interval (so that proxies keep an idle stream open). When Redis has forgotten the job
+        or cannot be reached, the final status comes from the PostgreSQL row
+        (``producer/waiting.py``), as an event without an id.
 
         Raises:
             JobTimeout: the job did not end within ``timeout_s``.
         """
-        deadline = time.monotonic() + timeout_s
-        while True:
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0:
-                raise JobTimeout(f"job {job_id} did not end within {timeout_s} s")
-            batch = await self.read(job_id, after_id, min(remaining_ms, int(keepalive_s * 1000)))
-            if not batch:
-                yield None
-                continue
-            for event in batch:
-                after_id = event.event_id
-                yield event
-                if event.kind == "status" and JobStatus(event.data).is_final:
-                    return
+        def read(after: str, block_ms: int) -> Awaitable[list[JobEvent]]:
+            return self.read(job_id, after, block_ms)
+
+        async for event in job_events_async(read, self.client.engine, job_id, after_id,
+                                            timeout_s, self.client.settings.waiter_recheck_s):
+            yield event
 
     async def wait_result(self, job_id: str, timeout_s: float) -> JobResult:
         """Waits for the job to end and returns its result.
@@ -75,25 +69,24 @@ class AsyncJobStream:
         result = await self.final_result(job_id)
         if result is None:
             async for event in self.events(job_id, START_ID, timeout_s):
-                if event is not None and event.kind == "status" \
-                        and JobStatus(event.data).is_final:
-                    result = await self.final_result(job_id)
-        if result is None:  # pragma: no cover - the stream ended without a final result
+                if event is not None and is_final_event(event):
+                    result = await self.final_result(job_id, known_final=True)
+        if result is None:  # pragma: no cover - a final event always has a final row
             raise JobTimeout(f"job {job_id} ended without a result")
         if result.status in FAILED_STATUSES:
             raise JobFailed(job_id, result.status.value, result.error)
         return result
 
-    async def final_result(self, job_id: str) -> JobResult | None:
-        """The job's result if it has ended: Redis, else (expired) its PostgreSQL row."""
-        raw = await self.redis.get(self.keys.job_result(job_id))
-        if raw is not None:
-            return JobResult.model_validate_json(raw)
-        if await self.has_stream(job_id):
-            return None
-        row = await run_in_threadpool(get_job, self.client.engine, job_id)
-        if not row.status.is_final:
-            return None
-        if row.result is not None:
-            return JobResult.model_validate(row.result)
-        return JobResult(job_id=job_id, status=row.status, error=row.error)
+    async def final_result(self, job_id: str, known_final: bool = False) -> JobResult | None:
+        """The job's result if it has ended: Redis, else (expired, flushed, unreachable) its
+        PostgreSQL row. ``known_final``: its end was seen, so a stream in Redis cannot mean
+        "still running"."""
+        try:
+            raw = await self.redis.get(self.keys.job_result(job_id))
+            if raw is not None:
+                return JobResult.model_validate_json(raw)
+            if not known_final and await self.has_stream(job_id):
+                return None
+        except REDIS_OUTAGES:
+            pass
+        return result_from_row(await run_in_threadpool(get_job, self.client.engine, job_id))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from infermq.errors import WebhookUrlRefused
 
@@ -65,10 +66,50 @@ def check_webhook_url(url: str, allow_private: bool) -> None:
         raise WebhookUrlRefused(f"webhook URL {url!r} must be http(s)://host/...")
     if allow_private:
         return
+    _checked_addresses(url, allow_private)
+
+
+@dataclass(frozen=True)
+class PinnedTarget:
+    """Where one delivery connects: the checked address, with the name it was resolved from
+    (sent as ``Host`` and, for https, as the TLS server name, so certificates still verify)."""
+
+    url: str  # the webhook URL with its host replaced by the checked address
+    host_header: str
+    server_name: str
+
+
+def pin_webhook_target(url: str, allow_private: bool) -> PinnedTarget:
+    """Resolves the webhook's host now, checks every address as at submit, and names the one
+    address the delivery must connect to.
+
+    DNS can change after submit (a rebinding attacker answers a public address to the check,
+    then a private one): checking again at delivery and connecting to the very address checked
+    leaves no second lookup to win.
+
+    Raises:
+        WebhookUrlRefused: the URL is malformed or now reaches a refused address.
+    """
+    check_webhook_url(url, allow_private=True)  # the shape; the addresses follow
+    parts = urlsplit(url)
+    host = str(parts.hostname)
+    address = _checked_addresses(url, allow_private)[0]
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    userinfo, _, host_and_port = parts.netloc.rpartition("@")
+    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+    netloc = f"{userinfo}@{netloc}" if userinfo else netloc
+    return PinnedTarget(url=urlunsplit(parts._replace(netloc=netloc)),
+                        host_header=host_and_port, server_name=host)
+
+
+def _checked_addresses(url: str, allow_private: bool) -> list[IPAddress]:
+    parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    refused = [str(a) for a in resolve_host(parts.hostname, port) if not is_public_address(a)]
+    addresses = resolve_host(str(parts.hostname), port)
+    refused = [str(a) for a in addresses if not allow_private and not is_public_address(a)]
     if refused:
         raise WebhookUrlRefused(
             f"webhook URL {url!r} resolves to non-public address(es) {', '.join(refused)}; "
             "use a public URL, or set INFERMQ_WEBHOOK_ALLOW_PRIVATE=true for a trusted network"
         )
+    return addresses

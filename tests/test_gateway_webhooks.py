@@ -127,3 +127,37 @@ def test_backoff_grows_is_capped_and_never_early() -> None:
                     retry_for_s=60)
     assert not gives_up(attempts_made=1, max_attempts=4, age_s=0, next_delay_s=1,
                         retry_for_s=60)
+
+
+def test_a_webhook_host_that_resolves_private_at_delivery_gets_no_request(
+    hook_settings: Settings, receiver: WebhookReceiver,
+    start_worker: Callable[..., WorkerProcess], client_for: Callable[[Settings], Client],
+) -> None:
+    # Given a job whose webhook host passed the check at submit (here: a submitter that allows
+    # private hosts, standing in for DNS that answered a public address then) ...
+    submitter = client_for(hook_settings)
+    # ... and a worker that refuses private hosts, where the name now resolves to loopback
+    delivering = hook_settings.model_copy(update={"webhook_allow_private": False,
+                                                  "webhook_max_attempts": 1})
+    start_worker(delivering, ["echo"])
+    url = receiver.url.replace("127.0.0.1", "localhost")
+    job = submitter.submit("embed", "rebound", webhook_url=url)
+    job.result(timeout_s=WAIT_S)
+    # When the worker delivers, Then it checks the address again and sends nothing
+    assert wait_webhook_outcome(hook_settings, job.id) == "failed"
+    assert receiver.deliveries == []
+    state = webhook_state(submitter.engine, job.id)
+    assert state is not None and "non-public" in state["last_error"]
+
+
+def test_a_delivery_connects_to_the_address_it_checked() -> None:
+    from producer.webhook_policy import pin_webhook_target
+
+    pinned = pin_webhook_target("https://user@93.184.216.34:8443/hook?x=1", False)
+    assert (pinned.url, pinned.host_header, pinned.server_name) == (
+        "https://user@93.184.216.34:8443/hook?x=1", "93.184.216.34:8443", "93.184.216.34")
+    loopback = pin_webhook_target("http://localhost:9/hook", allow_private=True)
+    assert loopback.url in ("http://127.0.0.1:9/hook", "http://[::1]:9/hook")
+    assert (loopback.host_header, loopback.server_name) == ("localhost:9", "localhost")
+    with pytest.raises(WebhookUrlRefused, match="non-public"):
+        pin_webhook_target("http://localhost:9/hook", allow_private=False)

@@ -26,12 +26,16 @@ from sqlalchemy import Engine
 from infermq.apikeys import tenant_webhook_secret
 from infermq.connections import get_redis
 from infermq.database import get_engine
-from infermq.errors import WebhookDeliveryFailed
+from infermq.errors import WebhookDeliveryFailed, WebhookUrlRefused
 from infermq.keys import DELIVER_WEBHOOK_TASK, QueueNames, RedisKeys
 from infermq.outbox import OutboxRow, claim_webhook, record_attempt
 from infermq.results import JobStateStore
 from infermq.settings import Settings
 from infermq.webhook_signature import SIGNATURE_HEADER, sign
+
+# The one SSRF rule, shared with submit. A sideways import (workers -> producer): the policy
+# belongs with the contracts in infermq/; left where it is while the layers move (issue 14).
+from producer.webhook_policy import pin_webhook_target
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +119,16 @@ class WebhookSender:
             "X-Infermq-Attempt": str(row.attempts + 1),
         }
         try:
+            target = pin_webhook_target(row.url, self.settings.webhook_allow_private)
+        except WebhookUrlRefused as e:
+            raise WebhookDeliveryFailed(f"not delivered: {e}") from e
+        headers["Host"] = target.host_header
+        try:
             # No redirects: a public URL answering 302 to a private address is the SSRF that
             # the submit-time check cannot see.
-            response = self.http.post(row.url, content=body, headers=headers,
-                                      follow_redirects=False)
+            response = self.http.post(target.url, content=body, headers=headers,
+                                      follow_redirects=False,
+                                      extensions={"sni_hostname": target.server_name})
         except httpx.HTTPError as e:
             raise WebhookDeliveryFailed(f"POST {row.url} failed: {e!r}") from e
         if not 200 <= response.status_code < 300:

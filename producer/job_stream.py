@@ -16,10 +16,10 @@ from starlette.concurrency import run_in_threadpool
 
 from infermq.errors import JobFailed, JobTimeout
 from infermq.jobs import JobResult, JobStatus
-from infermq.jobstore import get_job
 from infermq.keys import RedisKeys
-from infermq.results import JobEvent
 from producer.client import FAILED_STATUSES, Client
+from stores.jobstore import get_job
+from stores.results import JobEvent
 
 START_ID = "0-0"
 

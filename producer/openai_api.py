@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from infermq.errors import InvalidRequest, JobFailed, JobTimeout
 from infermq.jobs import JobResult, JobStatus, TaskType
 from producer.auth import Caller
-from producer.gateway import BoundedText, CallerDep, Gateway, GatewayDep, InputText
+from producer.gateway_context import BoundedText, CallerDep, Gateway, GatewayDep, InputText
 from producer.http_errors import error_response
 
 router = APIRouter(prefix="/v1", tags=["openai"])

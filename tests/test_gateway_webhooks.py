@@ -8,15 +8,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from infermq.apikeys import create_key
-from infermq.connections import get_redis
 from infermq.errors import WebhookUrlRefused
 from infermq.keys import QueueNames, RedisKeys
-from infermq.outbox import webhook_state
-from infermq.results import JobStateStore
 from infermq.settings import Settings
 from infermq.webhook_signature import SIGNATURE_HEADER, verify
 from producer.client import Client
+from stores.apikeys import create_key
+from stores.connections import get_redis
+from stores.outbox import webhook_state
+from stores.results import JobStateStore
 from tests.gateway_support import WebhookReceiver
 from tests.support import WorkerProcess
 from workers.webhooks import gives_up, retry_delay_s

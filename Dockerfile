@@ -23,6 +23,7 @@ WORKDIR /app
 # not in it and comes from the line above.
 COPY pyproject.toml README.md requirements.lock ./
 COPY infermq ./infermq
+COPY stores ./stores
 COPY producer ./producer
 COPY workers ./workers
 COPY routing ./routing

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from infermq.jobs import GenerationParams, TaskType
-from routing.registry import ModelSpec
+from infermq.registry import ModelSpec
 from workers.batching import Batcher, BatcherHooks
 from workers.engines.base import EngineOutput, EngineRequest
 from workers.engines.torch_engine import TorchEngine

@@ -40,10 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench" / "data"))
 from build_pairs import FAMILIES, read_pairs  # noqa: E402
 
-from infermq.cache import exact_hash  # noqa: E402
+from infermq.cache_keys import exact_hash  # noqa: E402
 from infermq.jobs import TaskType  # noqa: E402
 from infermq.keys import RedisKeys  # noqa: E402
-from routing.registry import load_registry  # noqa: E402
+from infermq.registry import load_registry  # noqa: E402
 from workers.semantic_cache import Embedder, SemanticCache  # noqa: E402
 
 OUT = ROOT / "bench" / "out"

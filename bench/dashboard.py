@@ -29,11 +29,11 @@ from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from infermq.database import get_engine  # noqa: E402
 from infermq.errors import JobFailed  # noqa: E402
-from infermq.migrate import upgrade_to_head  # noqa: E402
 from infermq.settings import Settings  # noqa: E402
 from producer.client import Client  # noqa: E402
+from stores.database import get_engine  # noqa: E402
+from stores.migrate import upgrade_to_head  # noqa: E402
 from tests.gateway_support import GatewayProcess  # noqa: E402
 from tests.support import TEST_REGISTRY, WorkerProcess, delete_namespace, settings_env  # noqa: E402
 from tests.test_worker_metrics import free_port  # noqa: E402

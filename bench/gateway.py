@@ -38,10 +38,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from infermq.database import get_engine  # noqa: E402
-from infermq.migrate import upgrade_to_head  # noqa: E402
 from infermq.settings import Settings  # noqa: E402
 from producer.client import Client  # noqa: E402
+from stores.database import get_engine  # noqa: E402
+from stores.migrate import upgrade_to_head  # noqa: E402
 
 OUT = Path(__file__).parent / "out"
 REGISTRY = """

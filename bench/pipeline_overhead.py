@@ -54,14 +54,14 @@ import redis
 from celery import Celery
 from sqlalchemy import Engine, event, text
 
-from infermq.database import dispose_engines, get_engine
 from infermq.keys import QueueNames
-from infermq.migrate import upgrade_to_head
+from infermq.registry import load_registry
 from infermq.settings import Settings
 from producer.client import Client
 from producer.publisher import delete_topology
-from routing.registry import load_registry
 from routing.topology import build_topology
+from stores.database import dispose_engines, get_engine
+from stores.migrate import upgrade_to_head
 
 T = TypeVar("T")
 OUT = Path(__file__).parent / "out"
@@ -460,19 +460,19 @@ def plot(sides: list[Side], groups: list[str], ratio: float) -> None:
 # (The group commits' writer threads are not profiled: cProfile sees the calling thread.)
 BREAKDOWN_FUNCTIONS = [
     ("producer/client.py", "validate", "client: validate request (pydantic)"),
-    ("infermq/cache.py", "lookup", "both: exact cache lookup (Redis)"),
+    ("stores/exact_cache.py", "lookup", "both: exact cache lookup (Redis)"),
     ("producer/submit_writes.py", "insert_submitting", "client: INSERT job (group commit)"),
     ("producer/publisher.py", "publish", "client: AMQP publish + confirm"),
-    ("infermq/results.py", "mark_status", "client: Redis status SET + XADD"),
+    ("stores/results.py", "mark_status", "client: Redis status SET + XADD"),
     ("producer/submit_writes.py", "mark_queued_behind", "client: queued mark (written behind)"),
-    ("infermq/results.py", "read_result_and_status", "client: Redis GET result + status"),
-    ("infermq/results.py", "events", "client: Redis XREAD"),
+    ("stores/results.py", "read_result_and_status", "client: Redis GET result + status"),
+    ("stores/results.py", "events", "client: Redis XREAD"),
     ("workers/job_commits.py", "begin_attempt", "worker: count attempt (group commit)"),
-    ("infermq/results.py", "mark_running_unless_cancelled", "worker: Redis cancel check + running"),
+    ("stores/results.py", "mark_running_unless_cancelled", "worker: Redis cancel check + running"),
     ("workers/execution.py", "_run_engine", "worker: batcher hand-off + no-op engine"),
     ("workers/job_commits.py", "commit_done", "worker: done row + transition (group commit)"),
-    ("infermq/results.py", "write_result", "worker: Redis MULTI result + status + XADD"),
-    ("infermq/cache.py", "store", "worker: exact cache store (Redis)"),
+    ("stores/results.py", "write_result", "worker: Redis MULTI result + status + XADD"),
+    ("stores/exact_cache.py", "store", "worker: exact cache store (Redis)"),
     ("sqlalchemy/engine/default.py", "do_commit", "both: COMMIT"),
 ]
 

@@ -65,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from infermq.errors import ConfigError  # noqa: E402
 from infermq.jobs import GenerationParams, TaskType  # noqa: E402
-from routing.registry import ModelSpec, Registry, load_registry  # noqa: E402
+from infermq.registry import ModelSpec, Registry, load_registry  # noqa: E402
 from routing.request_classes import (  # noqa: E402
     RequestClass,
     RequestClassifier,

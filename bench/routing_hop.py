@@ -38,10 +38,10 @@ from sqlalchemy import text  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from infermq.database import dispose_engines, get_engine  # noqa: E402
-from infermq.migrate import upgrade_to_head  # noqa: E402
 from infermq.settings import Settings  # noqa: E402
 from producer.client import Client  # noqa: E402
+from stores.database import dispose_engines, get_engine  # noqa: E402
+from stores.migrate import upgrade_to_head  # noqa: E402
 from tests.support import delete_namespace, settings_env  # noqa: E402
 
 REGISTRY = Path(__file__).resolve().parent.parent / "tests" / "data" / "registry_routing.toml"

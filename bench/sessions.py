@@ -35,13 +35,13 @@ import pika
 import redis
 from sqlalchemy import Engine, func, insert, select, text
 
-from infermq.database import dispose_engines, get_engine
 from infermq.jobs import ChatMessage, JobMessage, TaskType
-from infermq.migrate import upgrade_to_head
-from infermq.session_store import SessionStore
 from infermq.sessions import SessionContext, SessionState, encode_context
 from infermq.settings import Settings
 from infermq.tables import sessions
+from stores.database import dispose_engines, get_engine
+from stores.migrate import upgrade_to_head
+from stores.session_store import SessionStore
 from workers.context_cache import ContextCache, restore_context
 
 matplotlib.use("Agg")

@@ -32,7 +32,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # The SDK lives in producer/, which imports this package: import it on first use.
     if name in ("Client", "AsyncClient", "JobHandle"):
-        from producer import client
+        import producer.client
 
-        return getattr(client, name)
+        return getattr(producer.client, name)
     raise AttributeError(f"module 'infermq' has no attribute {name!r}")

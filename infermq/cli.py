@@ -46,7 +46,7 @@ def services() -> None:
 @app.command()
 def migrate() -> None:
     """Bring the PostgreSQL schema to the newest migration (Alembic upgrade head)."""
-    from infermq.migrate import upgrade_to_head
+    from stores.migrate import upgrade_to_head
 
     try:
         upgrade_to_head(get_settings())
@@ -58,7 +58,7 @@ def migrate() -> None:
 @app.command()
 def models(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """List the model registry: name, task types, engine, memory need."""
-    from routing.registry import load_registry
+    from infermq.registry import load_registry
 
     registry = load_registry(get_settings().registry_path)
     rows = [spec.model_dump(mode="json") for spec in registry.models.values()]
@@ -77,7 +77,7 @@ def prepare(
     models_csv: Annotated[str | None, typer.Option("--models", help="comma-separated")] = None,
 ) -> None:
     """Convert or build the weights of the registry's models once (GGUF → safetensors, …)."""
-    from routing.registry import load_registry
+    from infermq.registry import load_registry
     from workers.engines.sources import prepare_model
 
     settings = get_settings()
@@ -190,7 +190,7 @@ def prune(
     older_than: Annotated[str, typer.Option(help="age like 7d, 12h, 30m")] = "7d",
 ) -> None:
     """Delete finished job rows older than the given age."""
-    from infermq.retention import parse_age, prune_jobs
+    from stores.retention import parse_age, prune_jobs
 
     try:
         deleted = prune_jobs(get_settings(), parse_age(older_than))
@@ -231,9 +231,9 @@ def beat() -> None:
 
 
 def _session_store() -> Any:
-    from infermq.connections import get_binary_redis
-    from infermq.database import get_engine
-    from infermq.session_store import SessionStore
+    from stores.connections import get_binary_redis
+    from stores.database import get_engine
+    from stores.session_store import SessionStore
 
     settings = get_settings()
     return SessionStore.from_settings(settings, get_engine(settings), get_binary_redis(settings))
@@ -373,8 +373,8 @@ def keys_create(
     rate: Annotated[int, typer.Option(min=1, help="requests per minute")] = 600,
 ) -> None:
     """Create an API key; prints it once (only its hash is stored)."""
-    from infermq.apikeys import create_key
-    from infermq.database import get_engine
+    from stores.apikeys import create_key
+    from stores.database import get_engine
 
     try:
         created = create_key(get_engine(get_settings()), tenant, priority, rate)
@@ -390,8 +390,8 @@ def keys_revoke(
     key: Annotated[str, typer.Argument(help="the key's id, or the key itself")],
 ) -> None:
     """Revoke an API key: requests with it get 401 from then on."""
-    from infermq.apikeys import revoke_key
-    from infermq.database import get_engine
+    from stores.apikeys import revoke_key
+    from stores.database import get_engine
 
     if not revoke_key(get_engine(get_settings()), key):
         _fail(InfermqError(f"no active key {key}: check the id (`infermq keys create` prints it)"))

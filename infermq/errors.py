@@ -162,3 +162,19 @@ class WebhookError(InfermqError):
 
 class WebhookDeliveryFailed(WebhookError):
     """Raised when one delivery attempt did not get a 2xx answer; it is retried later."""
+
+
+class DeliveryError(InfermqError):
+    """Base for what a worker decides about a delivery it cannot run now (the task acts on it)."""
+
+
+class DeadLetter(DeliveryError):
+    """Raised when a delivery must go to the dead-letter queue (the task rejects it)."""
+
+
+class ModelNotReady(DeliveryError):
+    """Raised when a delivery's model is not READY in this worker (the task requeues it)."""
+
+
+class TurnNotReady(DeliveryError):
+    """Raised when an earlier job of the session has not finished: requeue, do not hold a slot."""

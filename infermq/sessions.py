@@ -2,7 +2,7 @@
 
 A session is a conversation (or a multi-step job) whose jobs share a context. Its state moves
 only along the edges of ``ALLOWED_TRANSITIONS``; the sweep decides from a clock it is given;
-the turn gate decides from sequence numbers. ``infermq.session_store`` does the I/O.
+the turn gate decides from sequence numbers. ``stores.session_store`` does the I/O.
 """
 
 from __future__ import annotations

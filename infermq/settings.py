@@ -51,11 +51,12 @@ class Settings(BaseSettings):
 
     worker_slots: int = Field(default=16, ge=1, description="task threads per worker process")
     task_events: bool = Field(
-        default=False,
-        description="workers send Celery task events from the start (what Flower shows). Off, "
-        "they send none until Flower (`infermq flower`) turns them on with its periodic "
-        "enable_events broadcast: nobody pays for events nobody reads, about 1 ms of worker "
-        "and RabbitMQ CPU per job on a no-op engine (bench/pipeline_overhead.py)",
+        default=True,
+        description="workers send Celery task events from their first job, so Flower shows every "
+        "job that starts after it is up (Flower's periodic enable_events broadcast reaches a new "
+        "worker only after its first jobs). They cost about 1 ms of worker and RabbitMQ CPU per "
+        "job on a no-op engine (bench/pipeline_overhead.py --task-events); off, none are sent "
+        "until Flower turns them on",
     )
     max_batch_size: int = Field(default=32, ge=1)
     max_wait_ms: float = Field(default=5.0, ge=0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import text
 
-from infermq.database import get_engine
 from infermq.settings import Settings
 from infermq.tables import metadata
+from stores.database import get_engine
 
 
 def run_migrations_online() -> None:

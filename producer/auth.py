@@ -15,10 +15,10 @@ import redis.asyncio as aioredis
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from infermq.apikeys import find_key
 from infermq.errors import InvalidApiKey, PriorityNotAllowed, RateLimited
 from infermq.keys import RedisKeys
 from routing.topology import MAX_PRIORITY
+from stores.apikeys import find_key
 
 RATE_WINDOW_S = 60
 DEFAULT_PRIORITY = 5

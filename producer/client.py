@@ -17,9 +17,6 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
-from infermq.cache import CacheEntry, ExactCache
-from infermq.connections import get_binary_redis, get_redis, redis_unavailable
-from infermq.database import get_engine
 from infermq.errors import (
     InvalidRequest,
     JobFailed,
@@ -36,24 +33,27 @@ from infermq.jobs import (
     TaskType,
     utcnow,
 )
-from infermq.jobstore import (
+from infermq.keys import ROUTE_JOB_TASK, RUN_JOB_TASK, QueueNames, RedisKeys
+from infermq.registry import load_registry
+from infermq.settings import Settings, get_settings
+from infermq.webhook_policy import check_webhook_url
+from producer.publisher import ConfirmedPublisher
+from producer.submit_writes import SubmitWrites
+from producer.waiting import REDIS_OUTAGES, is_final_event, job_events, result_from_row
+from routing.topology import build_topology
+from stores.connections import get_binary_redis, get_redis, redis_unavailable
+from stores.database import get_engine
+from stores.exact_cache import CacheEntry, ExactCache
+from stores.jobstore import (
     JobRow,
     database_unavailable,
     get_job,
     insert_submitting,
     set_status,
 )
-from infermq.keys import ROUTE_JOB_TASK, RUN_JOB_TASK, QueueNames, RedisKeys
-from infermq.results import JobEvent, JobStateStore
-from infermq.session_store import SessionStore
-from infermq.session_turns import TurnGate
-from infermq.settings import Settings, get_settings
-from producer.publisher import ConfirmedPublisher
-from producer.submit_writes import SubmitWrites
-from producer.waiting import REDIS_OUTAGES, is_final_event, job_events, result_from_row
-from producer.webhook_policy import check_webhook_url
-from routing.registry import load_registry
-from routing.topology import build_topology
+from stores.results import JobEvent, JobStateStore
+from stores.session_store import SessionStore
+from stores.session_turns import TurnGate
 
 FAILED_STATUSES = (JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED, JobStatus.REJECTED)
 

@@ -15,11 +15,11 @@ from typing import Any
 import pika
 from sqlalchemy import update
 
-from infermq.database import get_engine
 from infermq.jobs import JobStatus
 from infermq.keys import QueueNames
 from infermq.settings import Settings
 from infermq.tables import jobs
+from stores.database import get_engine
 
 
 @dataclass(frozen=True)

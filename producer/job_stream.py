@@ -15,11 +15,11 @@ from starlette.concurrency import run_in_threadpool
 
 from infermq.errors import JobFailed, JobTimeout
 from infermq.jobs import JobResult
-from infermq.jobstore import get_job
 from infermq.keys import RedisKeys
-from infermq.results import JobEvent
 from producer.client import FAILED_STATUSES, Client
 from producer.waiting import REDIS_OUTAGES, is_final_event, job_events_async, result_from_row
+from stores.jobstore import get_job
+from stores.results import JobEvent
 
 START_ID = "0-0"
 

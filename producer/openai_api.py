@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from infermq.errors import InvalidRequest, JobFailed, JobTimeout
 from infermq.jobs import JobResult, JobStatus, TaskType
 from producer.auth import Caller
-from producer.gateway import BoundedText, CallerDep, Gateway, GatewayDep, InputText
+from producer.gateway_context import BoundedText, CallerDep, Gateway, GatewayDep, InputText
 from producer.http_errors import error_response
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -139,8 +139,11 @@ async def chat_completions(body: ChatCompletionRequest, gateway: GatewayDep, cal
     completion_tokens = result.tokens or approximate_tokens(content)
     return {
         "id": f"chatcmpl-{job_id}", "object": "chat.completion", "created": int(time.time()),
-        "model": result.model or body.model, "system_fingerprint": None,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+        # OpenAI's schema: ``refusal`` is required (null: the model refused nothing) and
+        # ``system_fingerprint``, when present, is a string; infermq has none, so it is left out.
+        "model": result.model or body.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content,
+                                             "refusal": None},
                      "logprobs": None,
                      "finish_reason": finish_reason(result, completion_tokens, max_new)}],
         "usage": _usage(prompt_tokens, completion_tokens),

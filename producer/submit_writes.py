@@ -1,6 +1,6 @@
 """The SDK's job-row writes, group-committed: the ``submitting`` inserts of concurrent
 submitters share one transaction, and the ``queued`` marks are written behind the publish
-(infermq/group_commit.py).
+(stores/group_commit.py).
 
 Why the ``queued`` mark may lag: the ``submitting`` row is the record (it precedes the
 publish, so no message exists without a row); ``queued`` only says the broker confirmed it,
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine
 
-from infermq.group_commit import GroupCommitter
 from infermq.jobs import JobMessage
-from infermq.jobstore import NewJob, insert_submitting_many, mark_queued_many
+from stores.group_commit import GroupCommitter
+from stores.jobstore import NewJob, insert_submitting_many, mark_queued_many
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from sqlalchemy import Engine
 
 from infermq.errors import JobTimeout, ServiceUnavailable
 from infermq.jobs import JobResult, JobStatus
-from infermq.jobstore import JobRow, get_job
-from infermq.results import JobEvent
+from stores.jobstore import JobRow, get_job
+from stores.results import JobEvent
 
 # What a waiter survives by retrying: the connection refused, dropped or timed out (a restart,
 # a failover). redis.asyncio raises the same classes.

@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
-from routing.registry import Registry
+from infermq.registry import Registry
 
 Arm = Literal["primary", "canary"]
 

@@ -26,10 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from infermq.errors import ConfigError, NoEligibleModel, UnknownRequestClass
 from infermq.jobs import ChatMessage, JobInput, TaskType
+from infermq.registry import Registry
 from routing.canary import Arm, split_canary
 from routing.metrics import ModelMetrics
 from routing.qos import ErrorCooldowns, QosChoice, QosPolicy, choose_by_qos
-from routing.registry import Registry
 
 SHIPPED_REQUEST_CLASSES = Path(__file__).with_name("request_classes.toml")
 SHIPPED_TRAINING_REQUESTS = Path(__file__).with_name("request_examples.jsonl")

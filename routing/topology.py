@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from infermq.keys import QueueNames
-from routing.registry import Registry
+from infermq.registry import Registry
 
 MAX_PRIORITY = 9
 

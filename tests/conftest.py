@@ -16,11 +16,11 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
-from infermq.database import dispose_engines, get_engine
-from infermq.migrate import upgrade_to_head
 from infermq.services import check_services
 from infermq.settings import Settings
 from producer.client import Client
+from stores.database import dispose_engines, get_engine
+from stores.migrate import upgrade_to_head
 from tests.support import WorkerProcess
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

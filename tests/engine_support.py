@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from infermq.jobs import TaskType
-from routing.registry import ModelSpec, load_registry
+from infermq.registry import ModelSpec, load_registry
 from workers.batching import BatcherHooks
 from workers.engines.base import EngineOutput, EngineRequest
 from workers.engines.noop import NoopEngine

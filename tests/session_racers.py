@@ -7,14 +7,14 @@ from typing import Any
 
 import redis
 
-from infermq.database import get_engine
 from infermq.errors import InvalidTransition
 from infermq.jobs import ChatMessage
 from infermq.keys import RedisKeys
-from infermq.session_store import SessionStore
-from infermq.session_turns import TurnGate
 from infermq.sessions import SessionState, TurnDecision
 from infermq.settings import Settings
+from stores.database import get_engine
+from stores.session_store import SessionStore
+from stores.session_turns import TurnGate
 
 BARRIER_TIMEOUT_S = 60.0
 

@@ -16,9 +16,9 @@ from typing import Any
 import pika
 
 from infermq.keys import QueueNames
+from infermq.registry import load_registry
 from infermq.settings import Settings
 from producer.publisher import delete_topology
-from routing.registry import load_registry
 from routing.topology import build_topology
 
 

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import redis
 
-from infermq.cache import ExactCache, cache_policy_allows, normalize_text
+from infermq.cache_keys import cache_policy_allows, normalize_text
 from infermq.jobs import GenerationParams, JobRequest, TaskType
 from infermq.keys import RedisKeys
+from infermq.registry import Registry, load_registry, parse_registry
 from infermq.settings import Settings
-from routing.registry import Registry, load_registry, parse_registry
+from stores.exact_cache import ExactCache
 from workers.cache_guard import near_miss_reason
 
 # The first held-out split, now "dev2": measured three times, then tuned on (bench/cache.py).

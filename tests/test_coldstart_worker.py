@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from celery.exceptions import Reject
 
-from infermq.connections import get_redis
-from infermq.jobstore import get_job
 from infermq.keys import RUN_JOB_TASK, QueueNames, RedisKeys
-from infermq.live_metrics import read_snapshots
+from infermq.registry import load_registry
 from infermq.settings import Settings
 from producer.client import Client
 from routing.coldstart import Evict, InstanceState, StartLoad
-from routing.registry import load_registry
+from stores.connections import get_redis
+from stores.jobstore import get_job
+from stores.live_metrics import read_snapshots
 from tests.conftest import base_settings
 from tests.support import WorkerProcess, delete_namespace, queue_depth, take_job_message
 from tests.test_lose_nothing import open_gate, wait_at_gate

@@ -6,9 +6,9 @@ import redis
 from sqlalchemy import Engine
 
 from infermq.jobs import ChatMessage
-from infermq.session_store import SessionStore
 from infermq.sessions import ContextTier, SessionContext, SessionState
 from infermq.settings import Settings
+from stores.session_store import SessionStore
 from workers.context_cache import ContextCache, restore_context
 
 

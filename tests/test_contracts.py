@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from infermq.errors import UnknownModel, UnknownTaskType
 from infermq.jobs import JobRequest, TaskType
 from infermq.keys import QueueNames
-from routing.registry import load_registry
+from infermq.registry import load_registry
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from infermq.jobs import GenerationParams, TaskType
-from routing.registry import ModelSpec
+from infermq.registry import ModelSpec
 from tests.engine_support import GPT2_TINY, MODELS_DIR
 from workers.engines import gqa_attention
 from workers.engines.base import EngineRequest

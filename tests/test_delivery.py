@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from infermq.errors import InvalidRequest, UnknownModel, UnknownTaskType
-from infermq.jobstore import transitions_of
 from infermq.settings import Settings
 from producer.client import Client
+from stores.jobstore import transitions_of
 from tests.support import WorkerProcess, queue_depth
 
 

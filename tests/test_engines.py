@@ -16,8 +16,8 @@ import torch
 
 from infermq.errors import EngineUnavailable, JobTimedOut
 from infermq.jobs import ChatMessage, GenerationParams, TaskType
+from infermq.registry import ModelSpec
 from infermq.settings import Settings
-from routing.registry import ModelSpec
 from tests.engine_support import GPT2_TINY, LLAMA_GQA_TINY, MODELS_DIR, noop_spec, registry_spec
 from workers.batching import Batcher
 from workers.engines import build_engine, gqa_attention

@@ -113,8 +113,8 @@ def test_flower_lists_the_worker_and_its_run_job_task(
     client_for: Callable[[Settings], Client],
 ) -> None:
     # Given Flower already running, then a worker started after it, sending task events
-    # from the start (by default it sends none until Flower's periodic enable_events broadcast
-    # reaches it, a moment this test could only wait for by sleeping)
+    # from the start (the default; set here so an INFERMQ_TASK_EVENTS in the environment
+    # cannot turn them off)
     worker = start_worker(echo_settings.model_copy(update={"task_events": True}), ["echo"])
     node = worker_node_prefix(worker)
 

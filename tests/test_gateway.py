@@ -15,10 +15,10 @@ import openai
 import pytest
 from sqlalchemy import Text, cast, select
 
-from infermq.apikeys import CreatedKey, create_key, revoke_key
-from infermq.database import get_engine
 from infermq.settings import Settings
 from infermq.tables import jobs
+from stores.apikeys import CreatedKey, create_key, revoke_key
+from stores.database import get_engine
 from tests.conftest import base_settings
 from tests.gateway_support import GatewayProcess
 from tests.support import TEST_REGISTRY, WorkerProcess, delete_namespace

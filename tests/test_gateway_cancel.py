@@ -9,12 +9,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infermq.connections import get_redis
 from infermq.errors import JobFailed
-from infermq.jobstore import transitions_of
 from infermq.keys import RedisKeys
 from infermq.settings import Settings
 from producer.client import Client
+from stores.connections import get_redis
+from stores.jobstore import transitions_of
 from tests.gateway_support import GatewayProcess
 from tests.support import WorkerProcess
 from tests.test_gateway import read_events

@@ -8,15 +8,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from infermq.apikeys import create_key
-from infermq.connections import get_redis
 from infermq.errors import WebhookUrlRefused
 from infermq.keys import QueueNames, RedisKeys
-from infermq.outbox import webhook_state
-from infermq.results import JobStateStore
 from infermq.settings import Settings
 from infermq.webhook_signature import SIGNATURE_HEADER, verify
 from producer.client import Client
+from stores.apikeys import create_key
+from stores.connections import get_redis
+from stores.outbox import webhook_state
+from stores.results import JobStateStore
 from tests.gateway_support import WebhookReceiver
 from tests.support import WorkerProcess
 from workers.webhooks import gives_up, retry_delay_s
@@ -151,7 +151,7 @@ def test_a_webhook_host_that_resolves_private_at_delivery_gets_no_request(
 
 
 def test_a_delivery_connects_to_the_address_it_checked() -> None:
-    from producer.webhook_policy import pin_webhook_target
+    from infermq.webhook_policy import pin_webhook_target
 
     pinned = pin_webhook_target("https://user@93.184.216.34:8443/hook?x=1", False)
     assert (pinned.url, pinned.host_header, pinned.server_name) == (

@@ -12,9 +12,13 @@ import pytest
 from sqlalchemy import Connection, Engine, select, text
 
 from infermq.errors import JobFailed
-from infermq.group_commit import GroupCommitter
 from infermq.jobs import JobMessage, JobResult, JobStatus, TaskType, utcnow
-from infermq.jobstore import (
+from infermq.settings import Settings
+from infermq.tables import webhook_outbox
+from producer.client import Client
+from producer.submit_writes import SubmitWrites
+from stores.group_commit import GroupCommitter
+from stores.jobstore import (
     FinishedJob,
     NewJob,
     begin_attempts,
@@ -24,10 +28,6 @@ from infermq.jobstore import (
     mark_queued_many,
     transitions_of,
 )
-from infermq.settings import Settings
-from infermq.tables import webhook_outbox
-from producer.client import Client
-from producer.submit_writes import SubmitWrites
 from tests.support import take_job_message
 from workers.job_commits import JobCommits
 from workers.runtime import WorkerRuntime

@@ -16,7 +16,7 @@ import yaml
 
 from infermq.jobs import JobRequest
 from infermq.keys import QueueNames
-from routing.registry import load_registry
+from infermq.registry import load_registry
 
 KUBERNETES_DIR = Path(__file__).parent.parent / "deploy" / "kubernetes"
 KEDA_CRD = KUBERNETES_DIR / "vendor" / "keda.sh_scaledobjects.yaml"

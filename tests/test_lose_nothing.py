@@ -9,13 +9,13 @@ import pika
 import pytest
 from sqlalchemy import Text, cast, select
 
-from infermq.connections import get_redis
 from infermq.errors import JobFailed, QueueFull, QueueUnavailable
-from infermq.jobstore import get_job, transitions_of
 from infermq.keys import RedisKeys
 from infermq.settings import Settings
 from infermq.tables import jobs
 from producer.client import Client
+from stores.connections import get_redis
+from stores.jobstore import get_job, transitions_of
 from tests.support import WorkerProcess, queue_depth, take_dead_letters
 from tests.tcp_proxy import TcpProxy
 

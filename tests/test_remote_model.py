@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from infermq.jobstore import get_job
 from infermq.settings import Settings
 from producer.client import Client
+from stores.jobstore import get_job
 from tests.conftest import base_settings
 from tests.support import WorkerProcess, delete_namespace
 

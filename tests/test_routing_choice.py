@@ -7,10 +7,10 @@ import math
 import pytest
 
 from infermq.errors import ConfigError, NoEligibleModel, UnknownRequestClass
+from infermq.registry import Registry, load_registry, parse_registry
 from routing.canary import split_canary
 from routing.metrics import ModelMetrics
 from routing.qos import ErrorCooldowns, QosPolicy
-from routing.registry import Registry, load_registry, parse_registry
 from routing.request_classes import choose_model_for_class
 
 NOW_S = 500.0

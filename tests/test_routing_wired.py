@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from infermq.errors import InvalidRequest
-from infermq.jobstore import get_job
+from infermq.registry import load_registry
 from infermq.settings import Settings
 from producer.client import Client
 from routing.canary import split_canary
-from routing.registry import load_registry
+from stores.jobstore import get_job
 from tests.conftest import base_settings
 from tests.support import WorkerProcess, delete_namespace, settings_env
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pika
 import pytest
 
-from infermq.jobstore import get_job
 from infermq.settings import Settings
 from producer.client import Client
+from stores.jobstore import get_job
 from tests.support import queue_depth, settings_env
 from tests.test_lose_nothing import open_gate, wait_at_gate
 from tests.test_worker_metrics import wait_for_snapshot

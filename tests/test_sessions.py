@@ -25,10 +25,6 @@ from infermq.errors import (
 )
 from infermq.jobs import ChatMessage
 from infermq.keys import RedisKeys
-from infermq.redis_context import RedisContextTier
-from infermq.session_store import SessionStore
-from infermq.session_sweep import sweep_sessions
-from infermq.session_turns import TurnGate
 from infermq.sessions import (
     ALLOWED_TRANSITIONS,
     ContextTier,
@@ -44,6 +40,10 @@ from infermq.sessions import (
 )
 from infermq.settings import Settings
 from infermq.tables import jobs, sessions
+from stores.redis_context import RedisContextTier
+from stores.session_store import SessionStore
+from stores.session_sweep import sweep_sessions
+from stores.session_turns import TurnGate
 from tests import session_racers
 
 OWN_REDIS_DB = 2  # the FLUSHDB test flushes this db only, never the shared one

@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import httpx
 
-from infermq.jobstore import get_job
 from infermq.settings import Settings
 from producer.client import Client
+from stores.jobstore import get_job
 from tests.support import WorkerProcess
 from tests.test_lose_nothing import open_gate, wait_at_gate
 from tests.test_worker_metrics import free_port

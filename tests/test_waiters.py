@@ -16,13 +16,13 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from infermq.connections import get_redis
 from infermq.errors import RedisUnavailable
 from infermq.jobs import JobResult
 from infermq.keys import RedisKeys
 from infermq.settings import Settings
 from infermq.tables import jobs
 from producer.client import AsyncClient, Client, JobHandle
+from stores.connections import get_redis
 from tests.conftest import base_settings
 from tests.gateway_support import GatewayProcess
 from tests.support import TEST_REGISTRY, WorkerProcess, delete_namespace, queue_depth

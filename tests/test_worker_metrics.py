@@ -11,13 +11,13 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from infermq.connections import get_redis
 from infermq.errors import JobFailed
 from infermq.keys import RedisKeys
-from infermq.live_metrics import read_model_metrics, read_snapshots
 from infermq.settings import Settings
 from producer.client import Client
 from routing.metrics import ModelMetricsSnapshot
+from stores.connections import get_redis
+from stores.live_metrics import read_model_metrics, read_snapshots
 from tests.support import WorkerProcess
 
 WAIT_S = 120

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from infermq.cache import CacheEntry, ExactCache
-from infermq.connections import get_binary_redis
 from infermq.jobs import CacheOutcome, JobMessage, JobResult, JobStatus, TaskType
 from infermq.keys import RedisKeys
+from infermq.registry import load_registry
 from infermq.settings import Settings
-from routing.registry import load_registry
+from stores.connections import get_binary_redis
+from stores.exact_cache import CacheEntry, ExactCache
 from workers.semantic_cache import SemanticCache
 
 Embedder = Callable[[list[str]], np.ndarray]

@@ -16,8 +16,8 @@ from celery.worker.consumer.consumer import Consumer
 from kombu import Exchange, Queue
 
 from infermq.keys import QueueNames
+from infermq.registry import load_registry
 from infermq.settings import Settings
-from routing.registry import load_registry
 from routing.topology import QueueSpec, Topology, build_topology
 
 

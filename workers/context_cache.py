@@ -14,8 +14,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from infermq.session_store import SessionStore
 from infermq.sessions import ContextTier, SessionContext
+from stores.session_store import SessionStore
 
 
 @dataclass

@@ -18,13 +18,13 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
-from infermq.errors import EngineError, InfermqError, SessionError
+from infermq.errors import DeadLetter, EngineError, ModelNotReady, SessionError
 from infermq.jobs import JobMessage, JobResult, JobStatus
-from infermq.jobstore import JobRow, set_status
-from infermq.outbox import record_webhook, untried_webhooks
-from infermq.results import JobStateStore
 from infermq.sessions import SessionContext
 from infermq.settings import Settings
+from stores.jobstore import JobRow, set_status
+from stores.outbox import record_webhook, untried_webhooks
+from stores.results import JobStateStore
 from workers.cache_steps import CacheSteps
 from workers.engines.base import EngineOutput, EngineRequest
 from workers.job_commits import JobCommits
@@ -33,14 +33,6 @@ from workers.session_steps import SessionSteps, Turn
 log = logging.getLogger(__name__)
 
 RUNNABLE = (JobStatus.SUBMITTING, JobStatus.QUEUED, JobStatus.RUNNING)
-
-
-class DeadLetter(InfermqError):
-    """Raised when a delivery must go to the dead-letter queue (the task rejects it)."""
-
-
-class ModelNotReady(InfermqError):
-    """Raised when a delivery's model is not READY in this worker (the task requeues it)."""
 
 
 class JobRunner:
@@ -64,7 +56,7 @@ class JobRunner:
         self.send_webhook: Callable[[int], None] | None = None
         # Set by the worker entry point: live metrics (workers/metrics.py) see each job start
         # and end on its model; a routed job that its model fails may go to the router's next
-        # fallback instead of failing (workers/router.py; True: it was republished).
+        # fallback instead of failing (workers/route_task.py; True: it was republished).
         self.on_job_started: Callable[[JobMessage], None] | None = None
         self.on_job_ended: Callable[[JobMessage, JobResult | None], None] | None = None
         # (model, seconds to activate and restore; None: it failed)

@@ -17,12 +17,12 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from infermq.database import get_engine
 from infermq.keys import QueueNames
+from infermq.registry import load_registry
 from infermq.sessions import SessionState
 from infermq.settings import Settings
 from infermq.tables import sessions
-from routing.registry import load_registry
+from stores.database import get_engine
 from workers.metrics import QueueDepths
 
 log = logging.getLogger(__name__)

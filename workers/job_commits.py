@@ -1,6 +1,6 @@
 """The worker's job-row writes, group-committed: every task thread's attempt count and ``done``
 commit go through one writer thread, which writes all that gathered in one transaction
-(infermq/group_commit.py). ARCHITECTURE.md: the worker writes its PostgreSQL updates in as
+(stores/group_commit.py). ARCHITECTURE.md: the worker writes its PostgreSQL updates in as
 few transactions as it can.
 
 A task thread still waits for its own write to commit before it goes on (and, in the end,
@@ -17,10 +17,10 @@ from typing import cast
 
 from sqlalchemy import Connection, Engine
 
-from infermq.group_commit import GroupCommitter
 from infermq.jobs import JobResult
-from infermq.jobstore import FinishedJob, JobRow, begin_attempts, finish_done
-from infermq.outbox import record_webhook
+from stores.group_commit import GroupCommitter
+from stores.jobstore import FinishedJob, JobRow, begin_attempts, finish_done
+from stores.outbox import record_webhook
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Scaling on this machine: decisions from the live metrics, carried out on worker processes.
 
 ``Autoscaler.observe`` is the thin orchestrator around the pure ``routing.scaling``: one call is
-one period; it reads every worker's snapshots (``infermq.live_metrics``) and, for models that
+one period; it reads every worker's snapshots (``stores.live_metrics``) and, for models that
 no worker serves, the queue depth, and returns one decision per model. ``LocalActuator`` carries
 decisions out here: scale-up starts an ``infermq worker`` process for the model; scale-down
 drains one instance first (the worker's ``DRAIN_WORKER_COMMAND``: it cancels its consumer on
@@ -26,14 +26,14 @@ from typing import IO
 
 from celery import Celery
 
-from infermq.connections import get_redis
 from infermq.errors import DrainFailed
 from infermq.keys import DRAIN_WORKER_COMMAND, QueueNames, RedisKeys
-from infermq.live_metrics import read_snapshots
+from infermq.registry import load_registry
 from infermq.settings import Settings
 from routing.metrics import ModelMetrics, ModelMetricsSnapshot, aggregate_snapshots
-from routing.registry import load_registry
 from routing.scaling import ScalingAction, ScalingDecision, ScalingSignals, ScalingThresholds
+from stores.connections import get_redis
+from stores.live_metrics import read_snapshots
 from workers.celery_app import create_app
 from workers.metrics import QueueDepths
 

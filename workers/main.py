@@ -10,13 +10,13 @@ from typing import Any
 from celery import signals
 from celery.utils.nodenames import host_format
 
-from infermq.connections import get_redis
 from infermq.settings import Settings
+from stores.connections import get_redis
 from workers.celery_app import create_app
 from workers.consumer_queues import ConsumerQueues, register_drain_command
 from workers.metrics import WorkerMetrics
 from workers.model_demand import ModelDemand
-from workers.router import (
+from workers.route_task import (
     ConfirmedJobPublisher,
     Fallbacks,
     JobRouter,

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from celery import Celery
 
-from infermq.connections import get_binary_redis
-from infermq.database import get_engine
 from infermq.keys import SWEEP_SESSIONS_TASK, QueueNames, RedisKeys
-from infermq.session_sweep import sweep_sessions
 from infermq.settings import Settings
+from stores.connections import get_binary_redis
+from stores.database import get_engine
+from stores.session_sweep import sweep_sessions
 
 log = logging.getLogger(__name__)
 

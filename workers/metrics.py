@@ -1,6 +1,6 @@
 """A worker's live metrics: per-model figures to Redis every few seconds, and ``/metrics``.
 
-Routing and scaling read the Redis snapshots (``infermq.live_metrics``); Prometheus scrapes the
+Routing and scaling read the Redis snapshots (``stores.live_metrics``); Prometheus scrapes the
 same figures, plus batch sizes, model states and cache hits, from each worker's HTTP port. The
 period's figures (latency percentiles, throughput, error rate) are computed over the jobs that
 ended since the last publish, so each snapshot says how the model is doing now, not since start.
@@ -25,9 +25,9 @@ from prometheus_client import CollectorRegistry
 from infermq.errors import InfermqError
 from infermq.jobs import JobMessage, JobResult, JobStatus, utcnow
 from infermq.keys import RedisKeys
-from infermq.live_metrics import write_snapshot
 from infermq.settings import Settings
 from routing.metrics import InstanceStateName, ModelMetricsSnapshot
+from stores.live_metrics import write_snapshot
 from workers.batching import BatcherHooks
 from workers.engines.base import EngineOutput, EngineRequest
 from workers.metric_families import WorkerFamilies

@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from infermq.connections import get_redis
-from infermq.database import get_engine
 from infermq.errors import ConfigError, EngineError
 from infermq.jobs import TaskType
 from infermq.keys import RedisKeys
-from infermq.results import JobStateStore
+from infermq.registry import ModelSpec, load_registry
 from infermq.settings import Settings
 from routing.coldstart import Action, ColdStartScheduler, Evict, GiveUp, InstanceState, StartLoad
-from routing.registry import ModelSpec, load_registry
+from stores.connections import get_redis
+from stores.database import get_engine
+from stores.results import JobStateStore
 from workers.batching import Batcher
 from workers.engines.base import Engine, EngineOutput, EngineRequest
 from workers.execution import JobRunner
@@ -55,9 +55,9 @@ def make_engine(spec: ModelSpec, settings: Settings) -> Engine:
             raise ConfigError(
                 f"model {spec.name} uses the test engine, which needs INFERMQ_TEST_HOOKS=true"
             )
-        from workers.engines.test_engine import TestEngine
+        from workers.engines.scripted import ScriptedEngine
 
-        return TestEngine(spec, get_redis(settings), RedisKeys(settings.redis_prefix))
+        return ScriptedEngine(spec, get_redis(settings), RedisKeys(settings.redis_prefix))
     if spec.engine == "openai":
         from workers.engines.openai_remote import OpenAIRemoteEngine
 

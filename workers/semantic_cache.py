@@ -6,7 +6,7 @@ lookup reads a few sets instead of scanning the namespace. A candidate is served
 cosine similarity reaches the task type's ``semantic_threshold`` and the near-miss guard
 (``workers/cache_guard.py``) finds nothing that changes the answer.
 
-Entries live in the exact tier's store (``infermq/cache.py``): same namespace, TTL, LFU cap,
+Entries live in the exact tier's store (``stores/exact_cache.py``): same namespace, TTL, LFU cap,
 provenance and counters; the semantic tier adds the vector and the band memberships.
 """
 
@@ -22,18 +22,12 @@ from typing import Any
 import numpy as np
 import redis
 
-from infermq.cache import (
-    CacheableJob,
-    CacheEntry,
-    ExactCache,
-    cache_namespace,
-    exact_hash,
-    semantic_text,
-)
+from infermq.cache_keys import CacheableJob, cache_namespace, exact_hash, semantic_text
 from infermq.errors import ServiceUnavailable
 from infermq.jobs import TaskType
 from infermq.keys import RedisKeys
-from routing.registry import ModelSpec, Registry
+from infermq.registry import ModelSpec, Registry
+from stores.exact_cache import CacheEntry, ExactCache
 from workers.cache_guard import near_miss_reason
 
 Embedder = Callable[[list[str]], np.ndarray]

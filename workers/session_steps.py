@@ -12,18 +12,14 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine
 
-from infermq.connections import get_binary_redis
-from infermq.errors import InfermqError
+from infermq.errors import TurnNotReady
 from infermq.jobs import ChatMessage, JobInput, JobMessage, TaskType
-from infermq.session_store import SessionStore
-from infermq.session_turns import TurnGate
 from infermq.sessions import SessionContext, TurnDecision
 from infermq.settings import Settings
+from stores.connections import get_binary_redis
+from stores.session_store import SessionStore
+from stores.session_turns import TurnGate
 from workers.context_cache import ContextCache, restore_context
-
-
-class TurnNotReady(InfermqError):
-    """Raised when an earlier job of the session has not finished: requeue, do not hold a slot."""
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,10 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 from sqlalchemy.exc import OperationalError
 
-from infermq.errors import ServiceUnavailable
+from infermq.errors import DeadLetter, ModelNotReady, ServiceUnavailable, TurnNotReady
 from infermq.keys import RUN_JOB_TASK
-from workers.execution import DeadLetter, ModelNotReady
 from workers.maintenance import register_maintenance_tasks
 from workers.runtime import WorkerRuntime
-from workers.session_steps import TurnNotReady
 from workers.webhooks import register_webhook_task
 
 TRANSIENT_ERRORS = (OperationalError, redis.ConnectionError, redis.TimeoutError,

@@ -1,6 +1,6 @@
 """Webhook delivery: POST a finished job to its URL, signed, retried with backoff.
 
-The outbox row (infermq/outbox.py) is written in the transaction that ends the job; the worker
+The outbox row (stores/outbox.py) is written in the transaction that ends the job; the worker
 then sends ``infermq.deliver_webhook`` to the ``<ns>.webhooks`` queue. That task never touches
 an engine or a batcher, so it never holds a GPU slot. A failed attempt is not retried by
 holding the message (RabbitMQ closes channels whose messages stay unacked past its consumer
@@ -23,19 +23,16 @@ from celery import Celery
 from kombu import Exchange, Queue
 from sqlalchemy import Engine
 
-from infermq.apikeys import tenant_webhook_secret
-from infermq.connections import get_redis
-from infermq.database import get_engine
 from infermq.errors import WebhookDeliveryFailed, WebhookUrlRefused
 from infermq.keys import DELIVER_WEBHOOK_TASK, QueueNames, RedisKeys
-from infermq.outbox import OutboxRow, claim_webhook, record_attempt
-from infermq.results import JobStateStore
 from infermq.settings import Settings
+from infermq.webhook_policy import pin_webhook_target
 from infermq.webhook_signature import SIGNATURE_HEADER, sign
-
-# The one SSRF rule, shared with submit. A sideways import (workers -> producer): the policy
-# belongs with the contracts in infermq/; left where it is while the layers move (issue 14).
-from producer.webhook_policy import pin_webhook_target
+from stores.apikeys import tenant_webhook_secret
+from stores.connections import get_redis
+from stores.database import get_engine
+from stores.outbox import OutboxRow, claim_webhook, record_attempt
+from stores.results import JobStateStore
 
 log = logging.getLogger(__name__)
 

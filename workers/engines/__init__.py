@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from infermq.errors import ConfigError
-from routing.registry import ModelSpec
+from infermq.registry import ModelSpec
 from workers.engines.base import Engine, EngineOutput, EngineRequest
 from workers.engines.sources import prepare_model
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from infermq.errors import EngineError
 from infermq.jobs import ChatMessage, GenerationParams, JobInput, TaskType
-from routing.registry import ModelSpec
+from infermq.registry import ModelSpec
 
 StepHook = Callable[[int], None]
 """Called by a generating engine after each decoding step with the step's index (0-based)."""

@@ -13,7 +13,7 @@ import math
 from collections.abc import Hashable, Sequence
 
 from infermq.jobs import TaskType
-from routing.registry import ModelSpec
+from infermq.registry import ModelSpec
 from workers.engines.base import Engine, EngineOutput, EngineRequest, chats_of, texts_of
 
 EMBEDDING_DIM = 16

@@ -22,7 +22,7 @@ import httpx
 
 from infermq.errors import EngineInputError, EngineUnavailable
 from infermq.jobs import TaskType
-from routing.registry import ModelSpec, RemoteEndpoint
+from infermq.registry import ModelSpec, RemoteEndpoint
 from workers.engines.base import Engine, EngineOutput, EngineRequest, chats_of
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})

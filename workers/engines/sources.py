@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from infermq.errors import ConfigError, EngineUnavailable
-from routing.registry import ModelSpec
+from infermq.registry import ModelSpec
 
 READY_MARKER = ".infermq-ready"
 """Written last into a prepared directory: a directory without it is an interrupted build."""
@@ -71,7 +71,7 @@ def parse_source(source: str) -> tuple[str, str]:
     if not sep or kind not in ("package", "gguf", "random") or not rest:
         raise ConfigError(
             f"model source {source!r} is not package:<module>/<dir>, gguf:<module>/<file> "
-            "or random:<config-name>; fix routing/models.toml"
+            "or random:<config-name>; fix infermq/models.toml"
         )
     return kind, rest
 

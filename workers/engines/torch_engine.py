@@ -37,7 +37,7 @@ from infermq.errors import (
     JobTimedOut,
 )
 from infermq.jobs import GenerationParams, TaskType
-from routing.registry import ModelSpec
+from infermq.registry import ModelSpec
 from workers.engines.base import Engine, EngineOutput, EngineRequest, chats_of, texts_of
 from workers.engines.cuda_graphs import DecodeGraphs
 from workers.engines.generation import GenerationRow, final_text, generate_rows

@@ -26,7 +26,7 @@ from typing import Any
 
 from infermq.errors import EngineError, EngineInputError, EngineUnavailable
 from infermq.jobs import TaskType
-from routing.registry import ModelSpec
+from infermq.registry import ModelSpec
 from workers.engines.base import Engine, EngineOutput, EngineRequest, chats_of
 from workers.engines.sources import prepare_model
 

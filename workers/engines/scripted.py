@@ -29,13 +29,13 @@ import redis
 from infermq.errors import EngineError, EngineInputError
 from infermq.jobs import ChatMessage, TaskType
 from infermq.keys import RedisKeys
-from routing.registry import ModelSpec
+from infermq.registry import ModelSpec
 from workers.engines.base import Engine, EngineOutput, EngineRequest, texts_of
 
 GATE_TIMEOUT_S = 300
 
 
-class TestEngine(Engine):
+class ScriptedEngine(Engine):
     """Deterministic outputs and test gates; no model weights."""
 
     __test__ = False  # not a pytest test class

@@ -200,7 +200,7 @@ def begin_attempt(connection: Connection, job_id: str) -> JobRow | None:
     return _row(record) if record is not None else None
 
 
-# The grouped statements of the group commits (infermq/group_commit.py): one statement for
+# The grouped statements of the group commits (stores/group_commit.py): one statement for
 # any number of jobs, plain SQL compiled once (the expression-built statements above cost more
 # CPU to build per call than PostgreSQL spends running them). Ids are sorted so that
 # concurrent groups lock rows in one order. Rows come back without their input and params

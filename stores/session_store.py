@@ -6,9 +6,9 @@ hot tier's side effect of a state change (SLEEP drops the Redis copy, ACTIVE res
 inside that UPDATE's transaction, while PostgreSQL holds the row lock, so Redis follows the
 states in the order PostgreSQL committed them.
 
-Ordering lives in ``infermq.session_turns`` (the turn gate); ``append_turn`` here is its last
+Ordering lives in ``stores.session_turns`` (the turn gate); ``append_turn`` here is its last
 step: the context written with ``done_seq := seq + 1``, once per seq, so a redelivered job
-cannot apply its turn twice. The sweep lives in ``infermq.session_sweep``.
+cannot apply its turn twice. The sweep lives in ``stores.session_sweep``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from infermq.errors import (
     SessionTerminated,
 )
 from infermq.keys import RedisKeys
-from infermq.redis_context import RedisContextTier
 from infermq.sessions import (
     ContextTier,
     SessionContext,
@@ -45,6 +44,7 @@ from infermq.sessions import (
 )
 from infermq.settings import Settings
 from infermq.tables import sessions
+from stores.redis_context import RedisContextTier
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import redis
 from sqlalchemy import Engine, func, select, tuple_, update
 
 from infermq.keys import RedisKeys
-from infermq.redis_context import RedisContextTier
 from infermq.sessions import SessionState, check_sweep_timeouts, sweep_target
 from infermq.tables import sessions
+from stores.redis_context import RedisContextTier
 
 _LIVE_STATES = (SessionState.INIT.value, SessionState.ACTIVE.value, SessionState.SLEEP.value)
 

@@ -19,9 +19,9 @@ from sqlalchemy import Connection, func, select, update
 
 from infermq.errors import SessionNotFound, SessionTerminated
 from infermq.jobs import FINAL_STATUSES
-from infermq.session_store import SessionStore
 from infermq.sessions import SessionState, TurnDecision, turn_decision
 from infermq.tables import jobs, sessions
+from stores.session_store import SessionStore
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from datetime import timedelta
 
 from sqlalchemy import delete
 
-from infermq.database import get_engine
 from infermq.jobs import FINAL_STATUSES, utcnow
 from infermq.settings import Settings
 from infermq.tables import jobs
+from stores.database import get_engine
 
 _AGE = re.compile(r"^(\d+)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -1,6 +1,6 @@
 """The model registry: which models serve which task types, on which engine, at what memory cost.
 
-Read from a TOML file shipped with the package (``routing/models.toml``) or the one that
+Read from a TOML file shipped with the package (``infermq/models.toml``) or the one that
 ``INFERMQ_REGISTRY_PATH`` names. Pure data: no I/O beyond reading that file.
 """
 

@@ -17,8 +17,8 @@ from sqlalchemy.exc import OperationalError
 
 from infermq.errors import InvalidApiKey
 from infermq.jobs import utcnow
-from infermq.jobstore import database_unavailable
 from infermq.tables import api_keys
+from stores.jobstore import database_unavailable
 
 KEY_PREFIX = "imq_"
 

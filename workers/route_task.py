@@ -3,7 +3,7 @@
 A worker that has a real embedding model consumes ``<ns>.route``. For each message it embeds
 the request with that model (through its batcher, like the semantic cache), sorts it into a
 request class (``routing.request_classes``), asks the pure choice for a model on the live
-metrics of every worker (``infermq.live_metrics``), records the decision on the job row,
+metrics of every worker (``stores.live_metrics``), records the decision on the job row,
 republishes the job with the same id and priority to ``<ns>.<task>.<model>`` and waits for the
 broker's confirm; only then is the route message acked. A routed job carries its fallbacks, so
 any worker whose model fails it (a remote endpoint down or timing out) republishes it to the
@@ -26,8 +26,8 @@ from kombu import Exchange
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
-from infermq.connections import get_redis
 from infermq.errors import (
+    DeadLetter,
     EngineError,
     JobNotFound,
     JobTimedOut,
@@ -37,15 +37,12 @@ from infermq.errors import (
     QueueUnavailable,
 )
 from infermq.jobs import JobMessage, JobResult, JobStatus, RouteRecord, TaskType
-from infermq.jobstore import get_job, record_route, set_status
 from infermq.keys import ROUTE_JOB_TASK, RUN_JOB_TASK, RedisKeys
-from infermq.live_metrics import read_model_metrics
-from infermq.results import JobStateStore
+from infermq.registry import Registry
 from infermq.settings import Settings
 from infermq.task_message import celery_task_message
 from routing.metrics import ModelMetrics
 from routing.qos import ErrorCooldowns, QosPolicy
-from routing.registry import Registry
 from routing.request_classes import (
     Embed,
     RequestClass,
@@ -57,8 +54,12 @@ from routing.request_classes import (
     request_text,
 )
 from routing.topology import Topology
+from stores.connections import get_redis
+from stores.jobstore import get_job, record_route, set_status
+from stores.live_metrics import read_model_metrics
+from stores.results import JobStateStore
 from workers.celery_app import kombu_queue
-from workers.execution import RUNNABLE, DeadLetter
+from workers.execution import RUNNABLE
 from workers.tasks import MAX_TRANSIENT_RETRIES, TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)

@@ -586,8 +586,8 @@ def main() -> None:
     parser.add_argument("--loglevel", default="INFO", help="both workers' log level")
     parser.add_argument("--task-events", action="store_true",
                         help="infermq's worker sends Celery task events from the start, as "
-                             "when Flower has turned them on (INFERMQ_TASK_EVENTS=true; off by "
-                             "default, and the baseline sends none)")
+                             "a deployment does by default (INFERMQ_TASK_EVENTS); without it "
+                             "this bench turns them off; the baseline sends none")
     parser.add_argument("--breakdown", type=int, default=0, metavar="JOBS",
                         help="instead: time the steps of JOBS jobs run one at a time")
     parser.add_argument("--breakdown-top", type=int, default=0, metavar="N",

@@ -11,7 +11,7 @@ from concurrent.futures import Future
 import pytest
 from sqlalchemy import Connection, Engine, select, text
 
-from infermq.errors import JobFailed
+from infermq.errors import JobFailed, SessionConflict
 from infermq.jobs import JobMessage, JobResult, JobStatus, TaskType, utcnow
 from infermq.settings import Settings
 from infermq.tables import webhook_outbox
@@ -29,7 +29,7 @@ from stores.jobstore import (
     transitions_of,
 )
 from tests.support import take_job_message
-from workers.job_commits import JobCommits
+from workers.job_commits import JobCommits, _CommitDone, _write_group
 from workers.runtime import WorkerRuntime
 
 GATE_WAIT_S = 30
@@ -204,3 +204,60 @@ def test_a_closed_committer_writes_again_when_asked(db_engine: Engine) -> None:
     committer.close()
     assert committer.write("b") == "wrote b"
     committer.close()
+
+
+def test_a_stale_session_turn_rolls_back_its_own_job_not_its_group(db_engine: Engine) -> None:
+    # Given three finished jobs with webhooks in one commit group: a plain one, a session job
+    # whose turn writes, and a session job whose turn is stale (SessionConflict)
+    plain, good, stale = (_message(tag, "https://example.com/hook")
+                          for tag in ("plain", "good turn", "stale turn"))
+    with db_engine.begin() as connection:
+        insert_submitting_many(connection, [NewJob(m) for m in (plain, good, stale)])
+    turns_written: list[str] = []
+
+    def good_turn(connection: Connection) -> None:
+        connection.execute(text("SELECT 1"))
+        turns_written.append(good.job_id)
+
+    def stale_turn(connection: Connection) -> None:
+        raise SessionConflict("the session moved on: stale version")
+
+    def done(message: JobMessage) -> JobResult:
+        return JobResult(job_id=message.job_id, status=JobStatus.DONE, output="ok")
+
+    # When the group is written in one transaction
+    with db_engine.begin() as connection:
+        outcomes = _write_group(connection, [
+            _CommitDone(plain.job_id, done(plain), True),
+            _CommitDone(stale.job_id, done(stale), True, stale_turn),
+            _CommitDone(good.job_id, done(good), True, good_turn),
+        ])
+    # Then the stale job alone is rolled back (row still runnable, no outbox row) and its
+    # error is its outcome; the plain job and the good turn commit with their outbox rows
+    assert isinstance(outcomes[1], SessionConflict)
+    assert get_job(db_engine, stale.job_id).status == JobStatus.SUBMITTING
+    assert get_job(db_engine, plain.job_id).status == JobStatus.DONE
+    assert get_job(db_engine, good.job_id).status == JobStatus.DONE
+    assert turns_written == [good.job_id]
+    with db_engine.connect() as connection:
+        hooked = set(connection.execute(select(webhook_outbox.c.job_id).where(
+            webhook_outbox.c.job_id.in_([plain.job_id, good.job_id, stale.job_id]))).scalars())
+    assert hooked == {plain.job_id, good.job_id}
+
+
+def test_a_session_jobs_commit_raises_its_turns_error_in_its_thread(db_engine: Engine) -> None:
+    message = _message("stale alone")
+    with db_engine.begin() as connection:
+        insert_submitting_many(connection, [NewJob(message)])
+
+    def stale_turn(connection: Connection) -> None:
+        raise SessionConflict("stale version")
+
+    commits = JobCommits(db_engine)
+    try:
+        with pytest.raises(SessionConflict):
+            commits.commit_done(JobResult(job_id=message.job_id, status=JobStatus.DONE,
+                                          output="ok"), has_webhook=False, write_turn=stale_turn)
+    finally:
+        commits.close()
+    assert get_job(db_engine, message.job_id).status == JobStatus.SUBMITTING

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
@@ -27,7 +28,8 @@ from stores.outbox import record_webhook, untried_webhooks
 from stores.results import JobStateStore
 from workers.cache_steps import CacheSteps
 from workers.engines.base import EngineOutput, EngineRequest
-from workers.job_commits import JobCommits
+from workers.job_commits import JobCommits, TurnWriter
+from workers.runner_hooks import ModelGate, RunnerHooks
 from workers.session_steps import SessionSteps, Turn
 
 log = logging.getLogger(__name__)
@@ -44,29 +46,22 @@ class JobRunner:
         database: Engine,
         state: JobStateStore,
         submit_to_engine: Callable[[str, EngineRequest], Future[EngineOutput]],
+        models: ModelGate,
+        hooks: Sequence[RunnerHooks] = (),
     ) -> None:
+        """``models`` admits a job only while its model is READY here and counts it in flight
+        until released, so that a model being evicted is never pulled from under a job;
+        ``hooks`` hear each job start and end (metrics), may reroute a failed routed job (the
+        router's fallbacks) and send committed webhooks, in their order."""
         self.settings = settings
         self.database = database
         self.state = state
         self.submit_to_engine = submit_to_engine
+        self.models = models
+        self.hooks = tuple(hooks)
         self.sessions = SessionSteps(settings, database)
         self.cache = CacheSteps(settings)
         self.commits = JobCommits(database)
-        # Set by the worker entry point when it registers webhook delivery (workers/webhooks.py).
-        self.send_webhook: Callable[[int], None] | None = None
-        # Set by the worker entry point: live metrics (workers/metrics.py) see each job start
-        # and end on its model; a routed job that its model fails may go to the router's next
-        # fallback instead of failing (workers/route_task.py; True: it was republished).
-        self.on_job_started: Callable[[JobMessage], None] | None = None
-        self.on_job_ended: Callable[[JobMessage, JobResult | None], None] | None = None
-        # (model, seconds to activate and restore; None: it failed)
-        self.on_session_restored: Callable[[str, float | None], None] | None = None
-        self.reroute: Callable[[JobMessage, EngineError], bool] | None = None
-        # Set by the worker runtime (workers/runtime.py): ``hold_model`` admits a job only while
-        # its model is READY here and counts it in flight until ``release_model``, so that a
-        # model being evicted is never pulled from under a job.
-        self.hold_model: Callable[[str], bool] | None = None
-        self.release_model: Callable[[str], None] | None = None
 
     def run(self, payload: dict[str, Any]) -> JobResult | None:
         """Runs one delivery of a job message.
@@ -88,19 +83,16 @@ class JobRunner:
             # (TurnNotReady) without using up its attempts; ALREADY_DONE falls through to the
             # final-row path below.
             self.sessions.wait_for_turn(message)
-        if self.hold_model is None:
-            return self._run_held(message, in_session)
         # Before counting the attempt, as for a session turn: a message that reached this
         # worker after its model stopped being served (from the prefetch buffer of a cancelled
         # consumer) is not the job's fault and must not use up its attempts.
-        if not self.hold_model(message.model):
+        if not self.models.hold_model(message.model):
             raise ModelNotReady(f"job {message.job_id}: model {message.model} is not READY in "
                                 "this worker; requeued for a worker that serves it")
         try:
             return self._run_held(message, in_session)
         finally:
-            if self.release_model is not None:
-                self.release_model(message.model)
+            self.models.release_model(message.model)
 
     def _run_held(self, message: JobMessage, in_session: bool) -> JobResult | None:
         row = self.commits.begin_attempt(message.job_id)
@@ -122,14 +114,14 @@ class JobRunner:
             try:
                 turn = self.sessions.begin(message)
             except SessionError as e:
-                if self.on_session_restored is not None:
-                    self.on_session_restored(message.model, None)
+                for hook in self.hooks:
+                    hook.session_restored(message.model, None)
                 self._end(message, JobStatus.FAILED, error=f"{type(e).__name__}: {e}")
                 raise DeadLetter(f"job {message.job_id} failed: {e}") from e
-            if self.on_session_restored is not None:
-                self.on_session_restored(message.model, time.monotonic() - restore_started)
-        if self.on_job_started is not None:
-            self.on_job_started(message)
+            for hook in self.hooks:
+                hook.session_restored(message.model, time.monotonic() - restore_started)
+        for hook in self.hooks:
+            hook.job_started(message)
         started = time.monotonic()
         cached = self.cache.lookup(message)
         if cached is not None:
@@ -137,9 +129,9 @@ class JobRunner:
         try:
             output = self._run_engine(message, turn)
         except EngineError as e:
-            if self.on_job_ended is not None:
-                self.on_job_ended(message, None)
-            if turn is None and self.reroute is not None and self.reroute(message, e):
+            for hook in self.hooks:
+                hook.job_ended(message, None)
+            if turn is None and any(hook.reroute(message, e) for hook in self.hooks):
                 return None
             self._end(message, JobStatus.FAILED, error=f"{type(e).__name__}: {e}")
             raise DeadLetter(f"job {message.job_id} failed: {e}") from e
@@ -169,27 +161,18 @@ class JobRunner:
 
     def _commit(self, message: JobMessage, result: JobResult, turn: Turn | None) -> JobResult:
         context: SessionContext | None = None
-        if turn is None:
-            committed = self.commits.commit_done(result, has_webhook=bool(message.webhook_url))
-            changed, outbox_id = committed.changed, committed.outbox_id
-        else:
+        write_turn: TurnWriter | None = None
+        if turn is not None:
             context = self.sessions.next_context(message, turn, result.output)
-            with self.database.begin() as connection:
-                changed = set_status(
-                    connection,
-                    result.job_id,
-                    JobStatus.DONE,
-                    only_from=RUNNABLE,
-                    result=result.model_dump(mode="json"),
-                    cache=result.cache,
-                )
-                if changed:
-                    self.sessions.record_turn(connection, message, turn, context)
-                outbox_id = (record_webhook(connection, result)
-                             if changed and message.webhook_url else None)
+            write_turn = partial(self.sessions.record_turn, message=message, turn=turn,
+                                 context=context)
+        # One commit path: a session job's turn joins the group commit (workers/job_commits.py).
+        committed = self.commits.commit_done(result, has_webhook=bool(message.webhook_url),
+                                             write_turn=write_turn)
+        changed, outbox_id = committed.changed, committed.outbox_id
         self.state.write_result(result)
-        if self.on_job_ended is not None:
-            self.on_job_ended(message, result)
+        for hook in self.hooks:
+            hook.job_ended(message, result)
         if changed and result.cache == "miss":
             self.cache.store(message, result.output)
         if turn is not None:
@@ -215,9 +198,9 @@ class JobRunner:
     def _send_webhooks(self, outbox_ids: list[int]) -> None:
         """Sends the first delivery attempt of committed outbox rows (after the commit, so a
         delivery never sees a row that may roll back)."""
-        if self.send_webhook is not None:
-            for outbox_id in outbox_ids:
-                self.send_webhook(outbox_id)
+        for outbox_id in outbox_ids:
+            for hook in self.hooks:
+                hook.webhook_committed(outbox_id)
 
     def _finish_already_final(self, row: JobRow) -> JobResult | None:
         """A redelivered job whose row is final: only the steps after the commit remain."""

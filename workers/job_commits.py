@@ -4,22 +4,32 @@ commit go through one writer thread, which writes all that gathered in one trans
 few transactions as it can.
 
 A task thread still waits for its own write to commit before it goes on (and, in the end,
-acks), so a kill -9 loses nothing: an uncommitted write's message is redelivered. Jobs of a
-session commit on their own path (workers/session_steps.py): their turn is written in the
-same transaction as the row.
+acks), so a kill -9 loses nothing: an uncommitted write's message is redelivered. A job of a
+session joins the same groups: its row, its session turn and its webhook outbox row are
+written under a savepoint of the group's transaction, so they commit together, and a turn
+that fails (a stale session version: ``SessionConflict``) rolls back that job's savepoint
+alone, not the other jobs of its group; the error is raised in that job's thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
 from sqlalchemy import Connection, Engine
 
-from infermq.jobs import JobResult
+from infermq.errors import SessionError
+from infermq.jobs import JobResult, JobStatus
 from stores.group_commit import GroupCommitter
-from stores.jobstore import FinishedJob, JobRow, begin_attempts, finish_done
+from stores.jobstore import (
+    RUNNABLE_STATUSES,
+    FinishedJob,
+    JobRow,
+    begin_attempts,
+    finish_done,
+    set_status,
+)
 from stores.outbox import record_webhook
 
 
@@ -28,11 +38,16 @@ class _BeginAttempt:
     job_id: str
 
 
+# Writes a session job's turn in its commit transaction (after its row changed).
+TurnWriter = Callable[[Connection], None]
+
+
 @dataclass(frozen=True)
 class _CommitDone:
     job_id: str
     result: JobResult
     has_webhook: bool
+    write_turn: TurnWriter | None = None
 
 
 @dataclass(frozen=True)
@@ -45,7 +60,7 @@ class DoneCommitted:
 
 
 _Write = _BeginAttempt | _CommitDone
-_Outcome = JobRow | DoneCommitted | None
+_Outcome = JobRow | DoneCommitted | SessionError | None
 
 
 class JobCommits:
@@ -63,15 +78,22 @@ class JobCommits:
         """
         return cast(JobRow | None, self._committer.write(_BeginAttempt(job_id)))
 
-    def commit_done(self, result: JobResult, has_webhook: bool) -> DoneCommitted:
+    def commit_done(self, result: JobResult, has_webhook: bool,
+                    write_turn: TurnWriter | None = None) -> DoneCommitted:
         """Marks the job ``done`` with ``result`` (only from a runnable status), with its
-        transition and, for a job with a webhook, its outbox row; returns once committed.
+        transition, its session turn (``write_turn``, for a job of a session) and, for a job
+        with a webhook, its outbox row, all in one transaction; returns once committed.
 
         Raises:
             OperationalError: PostgreSQL failed (transient; nothing was written).
+            SessionError: the turn could not be written (``SessionConflict``: stale session
+                version); nothing of this job was written, the rest of its group was.
         """
-        return cast(DoneCommitted,
-                    self._committer.write(_CommitDone(result.job_id, result, has_webhook)))
+        outcome = self._committer.write(
+            _CommitDone(result.job_id, result, has_webhook, write_turn))
+        if isinstance(outcome, SessionError):
+            raise outcome
+        return cast(DoneCommitted, outcome)
 
     def close(self) -> None:
         """Writes what is queued and stops the writer thread."""
@@ -79,15 +101,39 @@ class JobCommits:
 
 
 def _write_group(connection: Connection, writes: Sequence[_Write]) -> list[_Outcome]:
-    """One transaction: the attempts counted, then the ``done`` rows with their outbox rows."""
+    """One transaction: the attempts counted, the ``done`` rows with their outbox rows, then
+    each session job's row, turn and outbox row under a savepoint of its own."""
     attempted = [w.job_id for w in writes if isinstance(w, _BeginAttempt)]
     rows = begin_attempts(connection, attempted) if attempted else {}
-    done = [w for w in writes if isinstance(w, _CommitDone)]
+    done = [w for w in writes if isinstance(w, _CommitDone) and w.write_turn is None]
     changed = finish_done(connection, [
         FinishedJob(w.job_id, w.result.model_dump_json(), w.result.cache) for w in done
     ]) if done else set()
-    outbox_ids = {w.job_id: record_webhook(connection, w.result)
-                  for w in done if w.has_webhook and w.job_id in changed}
-    return [rows.get(w.job_id) if isinstance(w, _BeginAttempt)
-            else DoneCommitted(w.job_id in changed, outbox_ids.get(w.job_id))
+    outcomes: dict[str, _Outcome] = {
+        w.job_id: DoneCommitted(w.job_id in changed,
+                                record_webhook(connection, w.result)
+                                if w.has_webhook and w.job_id in changed else None)
+        for w in done}
+    for w in writes:
+        if isinstance(w, _CommitDone) and w.write_turn is not None:
+            outcomes[w.job_id] = _write_session_job(connection, w, w.write_turn)
+    return [rows.get(w.job_id) if isinstance(w, _BeginAttempt) else outcomes[w.job_id]
             for w in writes]
+
+
+def _write_session_job(connection: Connection, write: _CommitDone,
+                       write_turn: TurnWriter) -> DoneCommitted | SessionError:
+    try:
+        with connection.begin_nested():
+            changed = set_status(connection, write.job_id, JobStatus.DONE,
+                                 only_from=RUNNABLE_STATUSES,
+                                 result=write.result.model_dump(mode="json"),
+                                 cache=write.result.cache)
+            if changed:
+                write_turn(connection)
+            outbox_id = (record_webhook(connection, write.result)
+                         if changed and write.has_webhook else None)
+    except SessionError as e:
+        # The savepoint rolled back this job alone; its thread raises the error.
+        return e
+    return DoneCommitted(changed, outbox_id)

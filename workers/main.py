@@ -12,6 +12,7 @@ from celery.utils.nodenames import host_format
 
 from infermq.settings import Settings
 from stores.connections import get_redis
+from stores.database import get_engine
 from workers.celery_app import create_app
 from workers.consumer_queues import ConsumerQueues, register_drain_command
 from workers.metrics import WorkerMetrics
@@ -23,8 +24,9 @@ from workers.route_task import (
     RouterSlot,
     register_route_task,
 )
-from workers.runtime import WorkerRuntime
+from workers.runtime import WorkerRuntime, job_state_store, served_specs
 from workers.tasks import register_tasks
+from workers.webhooks import register_webhook_task
 
 
 def run_worker(
@@ -43,20 +45,22 @@ def run_worker(
     ``auto`` jobs.
     """
     app = create_app(settings)
-    runtime = WorkerRuntime(settings, model_names)
+    topology = app.conf.infermq_topology
+    names = topology.names
+    specs = served_specs(settings, model_names)
+    model_queues = {spec.name: [names.for_model(task.value, spec.name)
+                                for task in spec.task_types] for spec in specs}
+    name = hostname or f"infermq-{os.getpid()}@{socket.gethostname()}"
+    # What the job runner calls, all given here: live metrics, the router's fallbacks for a
+    # routed job its model fails, webhook delivery after the commit.
+    metrics = WorkerMetrics(settings, host_format(name), model_queues, get_redis(settings))
+    publisher = ConfirmedJobPublisher(app, topology, settings.publish_confirm_timeout_s)
+    fallbacks = Fallbacks(get_engine(settings), job_state_store(settings), publisher)
+    webhooks = register_webhook_task(app, settings)
+    runtime = WorkerRuntime(settings, model_names, hooks=[fallbacks, webhooks], metrics=metrics)
     register_tasks(app, runtime)
     router_slot = RouterSlot()
     register_route_task(app, router_slot)
-    topology = app.conf.infermq_topology
-    names = topology.names
-    model_queues = {spec.name: [names.for_model(task.value, spec.name)
-                                for task in spec.task_types] for spec in runtime.specs}
-    name = hostname or f"infermq-{os.getpid()}@{socket.gethostname()}"
-    metrics = WorkerMetrics(settings, host_format(name), model_queues, get_redis(settings))
-    runtime.metrics = metrics
-    publisher = ConfirmedJobPublisher(app, topology, settings.publish_confirm_timeout_s)
-    runtime.runner.reroute = Fallbacks(runtime.runner.database, runtime.runner.state,
-                                       publisher).reroute
     # Celery sets logging up as its worker starts, after the start's loads: set it up now, so
     # that they are logged too (Celery's worker then leaves it as it is).
     app.log.setup(loglevel=loglevel, hostname=host_format(name))

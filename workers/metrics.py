@@ -32,6 +32,7 @@ from workers.batching import BatcherHooks
 from workers.engines.base import EngineOutput, EngineRequest
 from workers.metric_families import WorkerFamilies
 from workers.metrics_server import MetricsServer
+from workers.runner_hooks import RunnerHooks
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class QueueDepths:
             self._connection = None
 
 
-class WorkerMetrics:
+class WorkerMetrics(RunnerHooks):
     """Records every job and batch of one worker's models and publishes them per period.
 
     Thread-safe: task threads call ``job_ended``, batcher threads ``batch_ran``; one thread

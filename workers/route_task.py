@@ -60,6 +60,7 @@ from stores.live_metrics import read_model_metrics
 from stores.results import JobStateStore
 from workers.celery_app import kombu_queue
 from workers.execution import RUNNABLE
+from workers.runner_hooks import RunnerHooks
 from workers.tasks import MAX_TRANSIENT_RETRIES, TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class ConfirmedJobPublisher:
             ) from e
 
 
-class Fallbacks:
+class Fallbacks(RunnerHooks):
     """Moves a routed job that its model failed to the next of its fallbacks."""
 
     def __init__(self, database: Engine, state: JobStateStore,

@@ -17,7 +17,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
@@ -33,8 +33,10 @@ from stores.connections import get_redis
 from stores.database import get_engine
 from stores.results import JobStateStore
 from workers.batching import Batcher
-from workers.engines.base import Engine, EngineOutput, EngineRequest
+from workers.engines import build_engine
+from workers.engines.base import EngineOutput, EngineRequest
 from workers.execution import JobRunner
+from workers.runner_hooks import RunnerHooks
 
 if TYPE_CHECKING:
     from routing.metrics import InstanceStateName
@@ -43,28 +45,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def make_engine(spec: ModelSpec, settings: Settings) -> Engine:
-    """The engine the registry names for ``spec``.
+def served_specs(settings: Settings, model_names: list[str] | None) -> list[ModelSpec]:
+    """The registry's specs of the models a worker serves (all of them when None).
 
     Raises:
-        ConfigError: the test engine was asked for without ``test_hooks``.
-        EngineUnavailable: the engine's runtime (torch, vllm) is not installed.
+        ConfigError: a name is not in the registry.
     """
-    if spec.engine == "test":
-        if not settings.test_hooks:
-            raise ConfigError(
-                f"model {spec.name} uses the test engine, which needs INFERMQ_TEST_HOOKS=true"
-            )
-        from workers.engines.scripted import ScriptedEngine
+    registry = load_registry(settings.registry_path)
+    names = model_names or list(registry.models)
+    unknown = [n for n in names if n not in registry.models]
+    if unknown:
+        raise ConfigError(
+            f"unknown models {unknown}; the registry has: {', '.join(registry.models)}"
+        )
+    return [registry.models[n] for n in names]
 
-        return ScriptedEngine(spec, get_redis(settings), RedisKeys(settings.redis_prefix))
-    if spec.engine == "openai":
-        from workers.engines.openai_remote import OpenAIRemoteEngine
 
-        return OpenAIRemoteEngine(spec)
-    from workers.engines import build_engine
-
-    return build_engine(spec, settings)
+def job_state_store(settings: Settings) -> JobStateStore:
+    """The Redis side of job state (hot status, results) as the worker writes it."""
+    return JobStateStore(get_redis(settings), RedisKeys(settings.redis_prefix),
+                         settings.result_ttl_s)
 
 
 def admit_models(specs: list[ModelSpec], budget_mib: int | None) -> list[ModelSpec]:
@@ -103,16 +103,17 @@ class WorkerRuntime:
     eviction waiting for the last job of its model.
     """
 
-    def __init__(self, settings: Settings, model_names: list[str] | None = None) -> None:
+    def __init__(self, settings: Settings, model_names: list[str] | None = None,
+                 hooks: Sequence[RunnerHooks] = (),
+                 metrics: WorkerMetrics | None = None) -> None:
+        """``hooks`` go to the job runner (after ``metrics``, itself one); ``metrics`` also
+        starts with the worker and hears model states and batches.
+
+        Raises:
+            ConfigError: a name in ``model_names`` is not in the registry.
+        """
         self.settings = settings
-        registry = load_registry(settings.registry_path)
-        names = model_names or list(registry.models)
-        unknown = [n for n in names if n not in registry.models]
-        if unknown:
-            raise ConfigError(
-                f"unknown models {unknown}; the registry has: {', '.join(registry.models)}"
-            )
-        self.specs = [registry.models[n] for n in names]
+        self.specs = served_specs(settings, model_names)
         self.specs_by_name = {spec.name: spec for spec in self.specs}
         # The models loaded at start, in load order (the rest load on demand).
         self.admitted = admit_models(self.specs, settings.device_memory_mib)
@@ -129,17 +130,15 @@ class WorkerRuntime:
         # Set by a drain of the whole worker (scale-down): nothing loads any more.
         self.worker_draining = False
         self.batchers: dict[str, Batcher] = {}
-        # Set by the worker entry point before start (workers/metrics.py).
-        self.metrics: WorkerMetrics | None = None
+        self.metrics = metrics
         self.runner = JobRunner(
             settings,
             get_engine(settings),
-            JobStateStore(get_redis(settings), RedisKeys(settings.redis_prefix),
-                          settings.result_ttl_s),
+            job_state_store(settings),
             self.submit,
+            models=self,
+            hooks=[*([metrics] if metrics is not None else []), *hooks],
         )
-        self.runner.hold_model = self.hold_model
-        self.runner.release_model = self.release_model
 
     def start(self) -> None:
         """Loads, warms up and starts a batcher for every admitted model, as the cold-start
@@ -155,9 +154,6 @@ class WorkerRuntime:
         metrics = self.metrics
         if metrics is not None:
             metrics.start()
-            self.runner.on_job_started = metrics.job_started
-            self.runner.on_job_ended = metrics.job_ended
-            self.runner.on_session_restored = metrics.session_restored
         self._load_admitted()
         embed = self.embedder()
         if embed is not None:
@@ -243,7 +239,7 @@ class WorkerRuntime:
         success its batcher starts, then it is READY (True). A failed load is retried by the
         scheduler after its backoff, or given up on (``given_up``)."""
         self._set_state(spec.name, "LOADING")
-        engine = make_engine(spec, self.settings)  # a ConfigError here is fatal, as before
+        engine = build_engine(spec, self.settings)  # a ConfigError here is fatal, as before
         log.info("loading model %s (%s engine, attempt %d)", spec.name, spec.engine, attempt)
         try:
             engine.load()

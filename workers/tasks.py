@@ -19,7 +19,6 @@ from infermq.errors import DeadLetter, ModelNotReady, ServiceUnavailable, TurnNo
 from infermq.keys import RUN_JOB_TASK
 from workers.maintenance import register_maintenance_tasks
 from workers.runtime import WorkerRuntime
-from workers.webhooks import register_webhook_task
 
 TRANSIENT_ERRORS = (OperationalError, redis.ConnectionError, redis.TimeoutError,
                     ServiceUnavailable)
@@ -27,8 +26,9 @@ MAX_TRANSIENT_RETRIES = 5
 
 
 def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
-    """Registers the worker's tasks on ``app``, bound to ``runtime``."""
-    runtime.runner.send_webhook = register_webhook_task(app, runtime.settings)
+    """Registers the job and maintenance tasks on ``app``, bound to ``runtime`` (the webhook
+    task is registered before the runtime is built: its hook goes to the runner,
+    ``register_webhook_task``)."""
     register_maintenance_tasks(app, runtime.settings)
 
     @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, ignore_result=True)

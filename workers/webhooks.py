@@ -33,6 +33,7 @@ from stores.connections import get_redis
 from stores.database import get_engine
 from stores.outbox import OutboxRow, claim_webhook, record_attempt
 from stores.results import JobStateStore
+from workers.runner_hooks import RunnerHooks
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +143,19 @@ def delay_queue(names: QueueNames, attempt: int) -> Queue:
     })
 
 
-def register_webhook_task(app: Celery, settings: Settings) -> Callable[[int], None]:
-    """Registers ``infermq.deliver_webhook`` on ``app``; returns the function that sends a
-    first delivery attempt of an outbox row (the job runner calls it after its commit)."""
+class FirstWebhookAttempt(RunnerHooks):
+    """The job runner's hook that sends a committed outbox row's first delivery attempt."""
+
+    def __init__(self, send: Callable[[int], None]) -> None:
+        self.send = send
+
+    def webhook_committed(self, outbox_id: int) -> None:
+        self.send(outbox_id)
+
+
+def register_webhook_task(app: Celery, settings: Settings) -> FirstWebhookAttempt:
+    """Registers ``infermq.deliver_webhook`` on ``app``; returns the runner hook that sends a
+    first delivery attempt of an outbox row (after the job's commit)."""
     names = QueueNames(settings.namespace)
     http = httpx.Client(timeout=settings.webhook_timeout_s)
 
@@ -162,4 +173,4 @@ def register_webhook_task(app: Celery, settings: Settings) -> Callable[[int], No
     state = JobStateStore(get_redis(settings), RedisKeys(settings.redis_prefix),
                           settings.result_ttl_s)
     sender = WebhookSender(settings, get_engine(settings), http, schedule_retry, state)
-    return send_first_attempt
+    return FirstWebhookAttempt(send_first_attempt)

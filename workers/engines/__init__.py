@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from infermq.errors import ConfigError
+from infermq.keys import RedisKeys
 from infermq.registry import ModelSpec
 from workers.engines.base import Engine, EngineOutput, EngineRequest
 from workers.engines.sources import prepare_model
@@ -23,9 +24,23 @@ def build_engine(spec: ModelSpec, settings: Settings) -> Engine:
     """A new, unloaded engine for ``spec``, configured from ``settings``.
 
     Raises:
-        ConfigError: the registry names an engine this function does not build.
+        ConfigError: the registry names an engine this function does not build, or the
+            scripted test engine without ``test_hooks``.
         EngineUnavailable: the vllm engine was chosen and vLLM is not installed (on ``load``).
     """
+    if spec.engine == "test":
+        if not settings.test_hooks:
+            raise ConfigError(
+                f"model {spec.name} uses the test engine, which needs INFERMQ_TEST_HOOKS=true"
+            )
+        from stores.connections import get_redis
+        from workers.engines.scripted import ScriptedEngine
+
+        return ScriptedEngine(spec, get_redis(settings), RedisKeys(settings.redis_prefix))
+    if spec.engine == "openai":
+        from workers.engines.openai_remote import OpenAIRemoteEngine
+
+        return OpenAIRemoteEngine(spec)
     if spec.engine == "noop":
         from workers.engines.noop import NoopEngine
 
@@ -45,4 +60,4 @@ def build_engine(spec: ModelSpec, settings: Settings) -> Engine:
         return VllmEngine(spec, settings.models_dir, settings.torch_dtype)
     raise ConfigError(
         f"model {spec.name} names engine {spec.engine!r}, which build_engine does not build; "
-        "known: torch, vllm, noop")
+        "known: torch, vllm, noop, openai, test")

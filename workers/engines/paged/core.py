@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from workers.engines.paged.blocks import BlockManager
@@ -101,24 +102,25 @@ class EngineCore:
             stepped += plan.prefill
         if plan.decode:
             rows = plan.decode
-            block_size = self.blocks.block_size
-            width = max(len(self.blocks.tables[seq.seq_id]) for seq in rows)
-            tables = torch.full((len(rows), width), self.model.num_blocks, dtype=torch.long)
-            positions = []
-            slots = []
-            for i, seq in enumerate(rows):
-                table = self.blocks.tables[seq.seq_id]
-                tables[i, :len(table)] = torch.tensor(table)
-                position = seq.length - 1
-                positions.append(position)
-                slots.append(table[position // block_size] * block_size + position % block_size)
-            device = self.model.device
-            step = self.decode_step(len(rows), width)
-            step.load(torch.tensor([seq.new_ids[-1] for seq in rows]).to(device),
-                      torch.tensor(positions).to(device), torch.tensor(slots).to(device),
-                      tables.to(device), torch.tensor(positions).add_(1).to(device))
-            logits, greedy = step.run()
             n = len(rows)
+            block_size = self.blocks.block_size
+            tables_of = self.blocks.tables
+            held = [tables_of[seq.seq_id] for seq in rows]
+            width = max(map(len, held))
+            tables = np.full((n, width), self.model.num_blocks, dtype=np.int64)
+            inputs = np.empty((3, n), dtype=np.int64)  # token, position, slot
+            for i, (seq, table) in enumerate(zip(rows, held, strict=True)):
+                tables[i, :len(table)] = table
+                position = seq.length - 1
+                inputs[0, i] = seq.new_ids[-1]
+                inputs[1, i] = position
+                inputs[2, i] = table[position // block_size] * block_size + position % block_size
+            device = self.model.device
+            step = self.decode_step(n, width)
+            on_device = torch.from_numpy(inputs).to(device, non_blocking=True)
+            step.load(on_device[0], on_device[1], on_device[2],
+                      torch.from_numpy(tables).to(device, non_blocking=True), on_device[1] + 1)
+            logits, greedy = step.run()
             new_tokens += self._sample(rows, logits[:n], greedy[:n])
             stepped += rows
         for seq, token in zip(stepped, new_tokens, strict=True):

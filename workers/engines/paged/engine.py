@@ -102,6 +102,9 @@ class PagedEngine(Engine):
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.steps = 0
+        self.first_token_at: dict[str, float] | None = None
+        """When set to a dict (the benchmark does), job id → time.monotonic() of its first
+        token."""
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -318,6 +321,8 @@ class PagedEngine(Engine):
                 job: _Job = seq.payload
                 row = job.rows[job.seqs.index(seq)] if len(job.seqs) > 1 else job.rows[0]
                 done = id(seq) in finished
+                if self.first_token_at is not None and len(seq.new_ids) == 1:
+                    self.first_token_at.setdefault(job.request.job_id, time.monotonic())
                 if row.on_token is not None:
                     piece = row.stream_piece(self.tokenizer, final=done)
                     if piece:

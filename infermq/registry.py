@@ -18,7 +18,7 @@ from infermq.jobs import TaskType
 
 SHIPPED_REGISTRY = Path(__file__).with_name("models.toml")
 
-EngineName = Literal["torch", "vllm", "noop", "test", "openai"]
+EngineName = Literal["torch", "paged", "vllm", "noop", "test", "openai"]
 
 
 class RemoteEndpoint(BaseModel):
@@ -53,6 +53,10 @@ class ModelSpec(BaseModel):
         "jobs wait, within the memory budget"
     )
     max_batch_size: int = Field(default=32, ge=1)
+    kv_cache_mib: int | None = Field(
+        default=None, ge=1, description="the paged engine's KV arena (counted in memory_mib); "
+        "its default is 64 MiB"
+    )
     max_wait_ms: float = Field(default=5.0, ge=0)
     slots: int | None = Field(default=None, ge=1, description="task threads; default batch size")
     size_class: Literal["small", "large"] = "small"

@@ -54,10 +54,19 @@ def build_engine(spec: ModelSpec, settings: Settings) -> Engine:
             torch.set_num_threads(settings.torch_threads)
         return TorchEngine(spec, settings.models_dir, settings.device, settings.torch_dtype,
                            cuda_graphs=settings.cuda_graphs)
+    if spec.engine == "paged":
+        from workers.engines.paged.engine import PagedEngine
+
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        return PagedEngine(spec, settings.models_dir, settings.device, settings.torch_dtype,
+                           cuda_graphs=settings.cuda_graphs)
     if spec.engine == "vllm":
         from workers.engines.vllm import VllmEngine
 
         return VllmEngine(spec, settings.models_dir, settings.torch_dtype)
     raise ConfigError(
         f"model {spec.name} names engine {spec.engine!r}, which build_engine does not build; "
-        "known: torch, vllm, noop, openai, test")
+        "known: torch, paged, vllm, noop, openai, test")

@@ -356,7 +356,10 @@ def run(args: argparse.Namespace) -> None:
         client = Client(settings)
         app = bare_app(settings.broker_url, settings.redis_url, bare_queue,
                        pool_limit=args.submitters + 2)
-        replies = redis.Redis.from_url(settings.redis_url, max_connections=args.submitters + 8)
+        # No socket timeout (redis-py's default is 5 s): BLPOP's own 60 s bounds the wait, and a
+        # bare worker that starts slowly on a loaded machine is not a failure.
+        replies = redis.Redis.from_url(settings.redis_url, max_connections=args.submitters + 8,
+                                       socket_timeout=None)
         run_id = uuid.uuid4().hex[:6]
         # Each measurement restarts the submitters' counters: a run-wide sequence keeps every
         # input new, or repeats would be answered by the exact cache tier without a worker.

@@ -59,7 +59,8 @@ from routing.request_classes import (
 from routing.topology import Topology
 from workers.celery_app import kombu_queue
 from workers.execution import RUNNABLE, DeadLetter
-from workers.tasks import MAX_TRANSIENT_RETRIES, TRANSIENT_ERRORS
+from workers.tasks import MAX_TRANSIENT_RETRIES
+from workers.transient import TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -235,3 +235,57 @@ def summary(name: str, outcome: StreamOutcome, done: dict[str, int],
         "result_keys_in_redis": result_keys,
         **(extra or {}),
     }
+
+
+@dataclass
+class SseReader:
+    """One SSE client of a job that reconnects with ``Last-Event-ID`` whenever its stream
+    breaks, until the job's final status; keeps every event it got, in order."""
+
+    base_url: str
+    job_id: str
+    events: list[dict[str, str]] = field(default_factory=list)
+    reconnects: int = 0
+    connected: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
+
+    def run(self, timeout_s: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            last = next((e["id"] for e in reversed(self.events) if "id" in e), None)
+            headers = {"Last-Event-ID": last} if last else {}
+            try:
+                with httpx.stream("GET", f"{self.base_url}/v1/jobs/{self.job_id}/events",
+                                  headers=headers, timeout=timeout_s) as response:
+                    self.connected.set()
+                    if self._read(response.iter_lines()):
+                        return
+            except httpx.HTTPError:
+                pass
+            self.reconnects += 1
+        self.error = f"job {self.job_id}: no final status within {timeout_s} s"
+
+    def _read(self, lines: Iterator[str]) -> bool:
+        current: dict[str, str] = {}
+        for line in lines:
+            if line.startswith(":"):
+                continue
+            if line:
+                name, _, value = line.partition(": ")
+                current[name] = value
+                continue
+            if current:
+                self.events.append(current)
+                if current.get("event") == "status" and current["data"] in (
+                        '{"status":"done"}', '{"status":"failed"}', '{"status":"dead"}'):
+                    return True
+                current = {}
+        return False
+
+    def text(self) -> str:
+        import json
+
+        return "".join(json.loads(e["data"])["text"] for e in self.events
+                       if e.get("event") == "token")

@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -29,6 +31,7 @@ from infermq.tables import job_transitions, jobs
 from producer.client import Client, JobHandle
 from tests.chaos_support import (
     JobStream,
+    SseReader,
     StreamOutcome,
     flush_redis,
     restart_postgresql,
@@ -39,16 +42,20 @@ from tests.chaos_support import (
     summary,
 )
 from tests.conftest import base_settings
+from tests.gateway_support import GatewayProcess
 from tests.support import TEST_REGISTRY, WorkerProcess, delete_namespace
 from tests.test_lose_nothing import open_gate, wait_at_gate
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
+# The time limit covers the case, not the wait for the services lock (other suites hold it
+# shared while they run).
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420, func_only=True)]
 
 WAIT_S = 180
 BEFORE, DURING, AFTER = 100, 80, 120
 # One job held in the engine across each fault: the batcher would put two gated jobs in one
 # batch, which the engine runs in turn, so the second would never reach the gate.
 HELD = 1
+SSE_CLIENTS = 8
 
 
 @pytest.fixture
@@ -230,3 +237,46 @@ def test_worker_killed_twice_loses_nothing(
     assert outcome.refused == {}, outcome.refused
     line = check_and_report("worker kill -9 twice", client, outcome)
     assert line["max_attempts_seen"] == chaos_settings.max_attempts
+
+
+def test_gateway_restarted_sse_clients_resume_with_last_event_id(
+    chaos_settings: Settings, start_worker: Callable[..., WorkerProcess],
+    client_for: Callable[[Settings], Client], tmp_path: Path,
+) -> None:
+    # Given SSE clients of generations paused mid-way, and a stream of jobs through the SDK
+    client = client_for(chaos_settings)
+    start_worker(chaos_settings, ["echo"])
+    gateway = GatewayProcess(chaos_settings, tmp_path / "gateway.log")
+    try:
+        texts = [f"alpha beta pause:gw gamma delta {n}" for n in range(SSE_CLIENTS)]
+        with httpx.Client(base_url=gateway.url, timeout=WAIT_S) as api:
+            job_ids = [api.post("/v1/jobs", json={"task_type": "generate", "input": text})
+                       .json()["id"] for text in texts]
+        readers = [SseReader(gateway.url, job_id) for job_id in job_ids]
+        threads = [threading.Thread(target=r.run, args=(WAIT_S,)) for r in readers]
+        for thread in threads:
+            thread.start()
+        stream = sdk_stream(client, "gateway")
+        stream.start()
+        stream.wait_accepted(BEFORE)
+        wait_at_gate(chaos_settings, "gw")
+        for reader in readers:
+            assert reader.connected.wait(WAIT_S)
+        # When the gateway is killed and another takes its socket, then the engine goes on
+        stream.fault_begun()
+        gateway.restart()
+        open_gate(chaos_settings, "gw", times=SSE_CLIENTS * 3)
+        for thread in threads:
+            thread.join(timeout=WAIT_S)
+        outcome = stream.finish()
+        # Then every client has the whole text, each event once, in order, ending done
+        assert [r.error for r in readers if r.error] == []
+        assert [r.text() for r in readers] == texts
+        for reader in readers:
+            ids = [e["id"] for e in reader.events if "id" in e]
+            assert len(ids) == len(set(ids)), reader.events
+        check_and_report("gateway restart (SSE)", client, outcome, {
+            "sse_clients": len(readers), "sse_reconnects": sum(r.reconnects for r in readers),
+            "sse_complete": sum(r.text() == t for r, t in zip(readers, texts, strict=True))})
+    finally:
+        gateway.stop()

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
+from infermq.connections import REDIS_OUTAGES
 from infermq.errors import EngineError, InfermqError, SessionError
 from infermq.jobs import JobMessage, JobResult, JobStatus
 from infermq.jobstore import JobRow, get_job, set_status
@@ -29,7 +30,7 @@ from workers.cache_steps import CacheSteps
 from workers.engines.base import EngineOutput, EngineRequest
 from workers.job_commits import JobCommits
 from workers.session_steps import SessionSteps, Turn
-from workers.transient import REDIS_OUTAGES, Delivery
+from workers.transient import Delivery
 
 log = logging.getLogger(__name__)
 

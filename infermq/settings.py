@@ -120,6 +120,11 @@ class Settings(BaseSettings):
         default=1024, ge=1, description="session contexts held in each worker's memory"
     )
 
+    transient_retry_for_s: float = Field(
+        default=120.0, gt=0,
+        description="a job delivery that meets PostgreSQL or Redis unreachable runs again in "
+        "place, without counting an attempt, for this long before it is republished",
+    )
     waiter_recheck_s: float = Field(
         default=5.0, gt=0,
         description="a waiter whose Redis stream stays quiet this long (or fails) looks at the "

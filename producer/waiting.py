@@ -19,18 +19,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
-import redis
 from redis.backoff import ExponentialBackoff
 from sqlalchemy import Engine
 
 from infermq.errors import JobTimeout, ServiceUnavailable
 from infermq.jobs import JobResult, JobStatus
+from stores.connections import REDIS_OUTAGES
 from stores.jobstore import JobRow, get_job
 from stores.results import JobEvent
-
-# What a waiter survives by retrying: the connection refused, dropped or timed out (a restart,
-# a failover). redis.asyncio raises the same classes.
-REDIS_OUTAGES = (redis.ConnectionError, redis.TimeoutError)
 
 # The id of a final status event told by the PostgreSQL row, not read from the stream: it has
 # no place in the stream, so an SSE client gets it without an ``id:`` to resume from.

@@ -10,6 +10,10 @@ import redis
 from infermq.errors import RedisUnavailable
 from infermq.settings import Settings
 
+REDIS_OUTAGES = (redis.ConnectionError, redis.TimeoutError)
+"""What a caller survives by retrying: the connection refused, dropped or timed out (a restart,
+a failover). redis.asyncio raises the same classes."""
+
 _clients: dict[tuple[str, bool], redis.Redis] = {}
 _lock = threading.Lock()
 

@@ -29,11 +29,23 @@ class GatewayProcess:
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.log_path = log_path
-        self.process = subprocess.Popen(
+        self.settings = settings
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [sys.executable, "-m", "infermq.cli", "gateway", f"--fd={self.listener.fileno()}"],
-            env=settings_env(settings), stdout=self._log, stderr=subprocess.STDOUT,
+            env=settings_env(self.settings), stdout=self._log, stderr=subprocess.STDOUT,
             pass_fds=[self.listener.fileno()], start_new_session=True,
         )
+
+    def restart(self) -> None:
+        """Kills the gateway (-9: its clients' streams break mid-way) and starts another on
+        the same socket; connections made meanwhile wait in its backlog."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self.process = self._start()
 
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):

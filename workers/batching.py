@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 
 from infermq.errors import EngineError, EngineInputError, InfermqError, JobTimedOut
 from workers.engines.base import Engine, EngineOutput, EngineRequest
+from workers.transient import TRANSIENT_ERRORS
 
 GIL_SWITCH_INTERVAL_S = 1e-4
 DEFAULT_AGING_MS = 1000.0
@@ -159,7 +160,9 @@ def _settle(future: Future[EngineOutput], output: EngineOutput | None,
 
 
 def _as_job_error(request: EngineRequest, error: BaseException) -> BaseException:
-    if isinstance(error, InfermqError):
+    # A service the engine talks to that blipped is not the input's fault: it stays transient
+    # (the delivery runs again, workers/transient.py) instead of failing the job for good.
+    if isinstance(error, (InfermqError, *TRANSIENT_ERRORS)):
         return error
     failure = EngineInputError(
         f"job {request.job_id}: the engine failed on its input: {type(error).__name__}: {error}")

@@ -75,6 +75,12 @@ def create_app(settings: Settings) -> Celery:
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Off: after a broker connection loss with tasks in flight (threads cannot be
+        # cancelled), Celery lowers the prefetch to 1 and restores it as tasks complete; the
+        # chaos suite (tests/test_chaos.py, RabbitMQ stop_app/start_app with jobs held in the
+        # engine) saw the worker never restore it and stop consuming for good. Without the
+        # reduction it may hold up to ``slots`` more messages for a moment, acked late as ever.
+        worker_enable_prefetch_count_reduction=False,
         broker_connection_retry_on_startup=True,
         broker_transport_options={"confirm_publish": True},
         task_queues=queues,

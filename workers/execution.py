@@ -23,7 +23,8 @@ from infermq.errors import DeadLetter, EngineError, ModelNotReady, SessionError
 from infermq.jobs import JobMessage, JobResult, JobStatus
 from infermq.sessions import SessionContext
 from infermq.settings import Settings
-from stores.jobstore import JobRow, set_status
+from stores.connections import REDIS_OUTAGES
+from stores.jobstore import JobRow, get_job, set_status
 from stores.outbox import record_webhook, untried_webhooks
 from stores.results import JobStateStore
 from workers.cache_steps import CacheSteps
@@ -31,6 +32,7 @@ from workers.engines.base import EngineOutput, EngineRequest
 from workers.job_commits import JobCommits, TurnWriter
 from workers.runner_hooks import ModelGate, RunnerHooks
 from workers.session_steps import SessionSteps, Turn
+from workers.transient import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,10 @@ class JobRunner:
         self.cache = CacheSteps(settings)
         self.commits = JobCommits(database)
 
-    def run(self, payload: dict[str, Any]) -> JobResult | None:
-        """Runs one delivery of a job message.
+    def run(self, payload: dict[str, Any], delivery: Delivery | None = None
+            ) -> JobResult | None:
+        """Runs one delivery of a job message; ``delivery`` carries, across in-place runs of
+        the same delivery after a transient error, whether its attempt is counted already.
 
         Raises:
             DeadLetter: the message is malformed, the job failed for good, or it used up its
@@ -83,6 +87,7 @@ class JobRunner:
             # (TurnNotReady) without using up its attempts; ALREADY_DONE falls through to the
             # final-row path below.
             self.sessions.wait_for_turn(message)
+        delivery = delivery or Delivery()
         # Before counting the attempt, as for a session turn: a message that reached this
         # worker after its model stopped being served (from the prefetch buffer of a cancelled
         # consumer) is not the job's fault and must not use up its attempts.
@@ -90,12 +95,17 @@ class JobRunner:
             raise ModelNotReady(f"job {message.job_id}: model {message.model} is not READY in "
                                 "this worker; requeued for a worker that serves it")
         try:
-            return self._run_held(message, in_session)
+            return self._run_held(message, in_session, delivery)
         finally:
             self.models.release_model(message.model)
 
-    def _run_held(self, message: JobMessage, in_session: bool) -> JobResult | None:
-        row = self.commits.begin_attempt(message.job_id)
+    def _run_held(self, message: JobMessage, in_session: bool,
+                  delivery: Delivery) -> JobResult | None:
+        if delivery.attempt_counted:
+            row: JobRow | None = get_job(self.database, message.job_id)
+        else:
+            row = self.commits.begin_attempt(message.job_id)
+            delivery.attempt_counted = True
         if row is None:
             raise DeadLetter(f"job {message.job_id} has no row: it was not submitted by infermq")
         if row.status not in RUNNABLE:
@@ -153,11 +163,19 @@ class JobRunner:
             params=message.params,
             priority=message.priority,
             timeout_s=message.timeout_s,
-            on_token=lambda text: self.state.append_token(message.job_id, text),
+            on_token=lambda text: self._stream_token(message.job_id, text),
         )
         future = self.submit_to_engine(message.model, request)
         # The batcher enforces timeout_s; the margin only guards against a lost future.
         return future.result(timeout=message.timeout_s + 30)
+
+    def _stream_token(self, job_id: str, text: str) -> None:
+        """Best effort: a token that Redis did not take is not worth the job (its result is
+        committed all the same, and waiters read the row when the stream stays quiet)."""
+        try:
+            self.state.append_token(job_id, text)
+        except REDIS_OUTAGES as e:
+            log.warning("job %s: a token was not streamed (%s)", job_id, e)
 
     def _commit(self, message: JobMessage, result: JobResult, turn: Turn | None) -> JobResult:
         context: SessionContext | None = None

@@ -61,7 +61,8 @@ from stores.results import JobStateStore
 from workers.celery_app import kombu_queue
 from workers.execution import RUNNABLE
 from workers.runner_hooks import RunnerHooks
-from workers.tasks import MAX_TRANSIENT_RETRIES, TRANSIENT_ERRORS
+from workers.tasks import MAX_TRANSIENT_RETRIES
+from workers.transient import TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -2,26 +2,24 @@
 
 A task's outcome decides the message's fate: returning acks it; ``Reject(requeue=False)``
 sends it to the dead-letter queue; ``Reject(requeue=True)`` gives it back to its queue
-untouched (its model is not READY here); a retry republishes it with backoff for transient
-failures (PostgreSQL or Redis briefly unreachable).
+untouched (its model is not READY here); a PostgreSQL or Redis blip runs the delivery again
+in place without counting another attempt (workers/transient.py), and an outage longer than
+``transient_retry_for_s`` republishes it with backoff.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import redis
 from celery import Celery, Task
 from celery.exceptions import Reject
-from sqlalchemy.exc import OperationalError
 
-from infermq.errors import DeadLetter, ModelNotReady, ServiceUnavailable, TurnNotReady
+from infermq.errors import DeadLetter, ModelNotReady, TurnNotReady
 from infermq.keys import RUN_JOB_TASK
 from workers.maintenance import register_maintenance_tasks
 from workers.runtime import WorkerRuntime
+from workers.transient import TRANSIENT_ERRORS, Delivery, run_through_blips
 
-TRANSIENT_ERRORS = (OperationalError, redis.ConnectionError, redis.TimeoutError,
-                    ServiceUnavailable)
 MAX_TRANSIENT_RETRIES = 5
 
 
@@ -33,8 +31,12 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
 
     @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, ignore_result=True)
     def run_job(self: Task, message: dict[str, Any]) -> None:
+        delivery = Delivery()
         try:
-            runtime.runner.run(message)
+            # A PostgreSQL or Redis blip: this delivery runs again in place, its attempt counted
+            # once (workers/transient.py); only a longer outage republishes it.
+            run_through_blips(lambda: runtime.runner.run(message, delivery),
+                              runtime.settings.transient_retry_for_s, f"task {self.request.id}")
         except DeadLetter as e:
             raise Reject(str(e), requeue=False) from e
         except ModelNotReady as e:

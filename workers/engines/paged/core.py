@@ -72,6 +72,7 @@ class EngineCore:
             step = self._steps[key] = DecodeStep(self.model, key[0], key[1], self.cuda_graphs)
         return step
 
+    @torch.inference_mode()
     def warm_up(self, max_context: int) -> None:
         """Captures every bucket's decode graph up to ``max_num_seqs`` rows and contexts of
         ``max_context`` tokens (largest first), so no job pays for a capture."""

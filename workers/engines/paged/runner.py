@@ -68,6 +68,9 @@ class PagedModel:
     def __init__(self, hf_model: Any, num_blocks: int, block_size: int,
                  max_model_len: int | None = None) -> None:
         config = hf_model.config
+        # Inference only: weights that require grad would make every arena write record
+        # autograd history (a capture outside inference mode kept each run's tensors alive).
+        hf_model.requires_grad_(False)
         self.kind = config.model_type
         self.device = next(hf_model.parameters()).device
         self.dtype = next(hf_model.parameters()).dtype
@@ -86,6 +89,8 @@ class PagedModel:
         self.k_arena = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v_arena = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.scale = 1.0 / math.sqrt(self.head_dim)
+        # every bucket's graph shares one memory pool: they replay one at a time
+        self.graph_pool = torch.cuda.graph_pool_handle() if self.device.type == "cuda" else None
 
     # --- weights -------------------------------------------------------------------------
 
@@ -264,15 +269,20 @@ class DecodeStep:
         logits = m.logits(hidden[:, 0])
         return logits, logits.argmax(dim=-1)
 
+    _stream: torch.cuda.Stream | None = None
+    """One side stream for every capture: memory cached on a stream serves only that stream."""
+
     def _capture(self) -> None:
-        stream = torch.cuda.Stream()
+        if DecodeStep._stream is None:
+            DecodeStep._stream = torch.cuda.Stream()
+        stream = DecodeStep._stream
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
+        with torch.inference_mode(), torch.cuda.stream(stream):
             for _ in range(2):
                 self._run()
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.inference_mode(), torch.cuda.graph(self.graph, pool=self.model.graph_pool):
             self.logits, self.greedy = self._run()
 
     def load(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,

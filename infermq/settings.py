@@ -115,6 +115,15 @@ class Settings(BaseSettings):
     session_turn_wait_s: float = Field(
         default=30.0, ge=0, description="how long a job waits for its session turn, then requeues"
     )
+    cache_verifier: Literal["on", "off"] = Field(
+        default="on",
+        description="on: the semantic tier serves only what the learned verifier accepts at "
+        "its certified threshold; a worker without trained weights (`infermq prepare`) serves "
+        "the exact tier only and logs why. off: cosine and the rule guard alone (uncertified)",
+    )
+    cache_verifier_variant: Literal["full", "small"] = Field(
+        default="full", description="which trained verifier to load; small is for tests"
+    )
     worker_context_cache_size: int = Field(
         default=1024, ge=1, description="session contexts held in each worker's memory"
     )

@@ -164,8 +164,8 @@ class WorkerRuntime:
             # The router and the semantic cache call it between jobs: never evicted.
             with self._scheduler_lock:
                 self.scheduler.pin(str(self.embedding_model))
-            self.runner.cache.use_embedder(embed)
-            log.info("semantic cache tier on")
+            if self.runner.cache.use_embedder(embed):
+                log.info("semantic cache tier on")
 
     def _load_admitted(self) -> None:
         for spec in self.admitted:

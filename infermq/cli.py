@@ -20,6 +20,9 @@ dead_app = typer.Typer(help="Inspect and replay jobs in the dead-letter queue.",
 app.add_typer(dead_app, name="dead")
 session_app = typer.Typer(help="List, inspect and close sessions.", no_args_is_help=True)
 app.add_typer(session_app, name="session")
+cache_app = typer.Typer(help="The result cache: audit figures and the semantic tier's switch.",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 console = Console()
 
 
@@ -319,6 +322,60 @@ def session_close(session_id: str) -> None:
         _fail(e)
         return
     console.print(f"session {record.id} is {record.state.value}")
+
+
+def _semantic_task(task_type: str) -> str:
+    from infermq.jobs import TaskType
+
+    known = [t.value for t in TaskType if t not in {TaskType.EMBED}
+             and t.value != "auto"]
+    if task_type not in known:
+        _fail(InfermqError(f"{task_type!r} has no semantic tier: use one of {', '.join(known)}"))
+    return task_type
+
+
+def _audit_store() -> Any:
+    from infermq.cache_audit_store import CacheAuditStore
+    from infermq.database import get_engine
+
+    settings = get_settings()
+    return CacheAuditStore(get_engine(settings), settings.namespace)
+
+
+@cache_app.command("stats")
+def cache_stats() -> None:
+    """Live audit per task type and model: outcomes, P(wrong | served hit) with its 95 %
+    interval, and whether the semantic tier is on."""
+    store = _audit_store()
+    disabled = store.disabled()
+    table = Table("task type", "model", "agreed", "disagreed", "starved", "failed",
+                  "wrong rate", "95 % interval", "semantic tier")
+    for (task, model), counts in sorted(store.counts().items()):
+        low, high = counts.interval()
+        rate = counts.wrong_rate()
+        table.add_row(task, model, str(counts.agreed), str(counts.disagreed),
+                      str(counts.starved), str(counts.failed),
+                      "-" if rate is None else f"{rate:.4f}", f"[{low:.4f}, {high:.4f}]",
+                      "off" if task in disabled else "on")
+    console.print(table)
+    for task, reason in sorted(disabled.items()):
+        console.print(f"{task}: semantic tier off: {reason}")
+
+
+@cache_app.command("disable")
+def cache_disable(task_type: Annotated[str, typer.Argument(help="generate | classify")]) -> None:
+    """Turn a task type's semantic tier off on every worker (exact tier only)."""
+    _audit_store().set_semantic(_semantic_task(task_type), False,
+                                "turned off by `infermq cache disable`")
+    console.print(f"{task_type}: semantic tier off")
+
+
+@cache_app.command("enable")
+def cache_enable(task_type: Annotated[str, typer.Argument(help="generate | classify")]) -> None:
+    """Turn a task type's semantic tier back on on every worker (after an audit breach)."""
+    _audit_store().set_semantic(_semantic_task(task_type), True,
+                                "turned on by `infermq cache enable`")
+    console.print(f"{task_type}: semantic tier on")
 
 
 @app.command()

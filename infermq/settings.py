@@ -124,6 +124,15 @@ class Settings(BaseSettings):
     cache_verifier_variant: Literal["full", "small"] = Field(
         default="full", description="which trained verifier to load; small is for tests"
     )
+    cache_audit_share: float = Field(
+        default=0.05, ge=0, le=1,
+        description="share of semantic hits re-run on the engine (lowest priority) and compared",
+    )
+    cache_audit_target: float = Field(
+        default=0.005, gt=0, lt=1,
+        description="a task type's semantic tier turns off when the audit's 95 % interval on "
+        "P(wrong | served hit) lies above this",
+    )
     worker_context_cache_size: int = Field(
         default=1024, ge=1, description="session contexts held in each worker's memory"
     )

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from infermq.cache import CacheEntry, ExactCache
+from infermq.cache_audit_store import CacheAuditStore
 from infermq.connections import get_binary_redis
+from infermq.database import get_engine
 from infermq.errors import EngineUnavailable
 from infermq.jobs import CacheOutcome, JobMessage, JobResult, JobStatus, TaskType
 from infermq.keys import RedisKeys
@@ -64,6 +66,7 @@ class CacheSteps:
         self.redis = get_binary_redis(settings)
         self.keys = RedisKeys(settings.redis_prefix)
         self.exact = ExactCache(self.redis, self.keys, self.registry)
+        self.switches = CacheAuditStore(get_engine(settings), settings.namespace)
         self.semantic: SemanticCache | None = None
 
     def use_embedder(self, embed: Embedder) -> bool:
@@ -91,7 +94,10 @@ class CacheSteps:
         spec = self.registry.models.get(message.model)
         if spec is None:
             return None
-        if self.semantic is not None and message.task_type != TaskType.EMBED:
+        if (self.semantic is not None and message.task_type != TaskType.EMBED
+                # The switch the live audit (or an operator) sets, read per look-up: every
+                # worker obeys it from its next job on.
+                and self.switches.semantic_enabled(str(message.task_type))):
             hit = self.semantic.lookup(message, spec)
             if hit is None:
                 return None

@@ -25,6 +25,7 @@ from infermq.outbox import record_webhook, untried_webhooks
 from infermq.results import JobStateStore
 from infermq.sessions import SessionContext
 from infermq.settings import Settings
+from workers.cache_audit import CacheAudit
 from workers.cache_steps import CacheSteps
 from workers.engines.base import EngineOutput, EngineRequest
 from workers.job_commits import JobCommits
@@ -59,6 +60,8 @@ class JobRunner:
         self.submit_to_engine = submit_to_engine
         self.sessions = SessionSteps(settings, database)
         self.cache = CacheSteps(settings)
+        self.audit = CacheAudit(settings, self.cache.switches, self.cache.exact,
+                                submit_to_engine)
         self.commits = JobCommits(database)
         # Set by the worker entry point when it registers webhook delivery (workers/webhooks.py).
         self.send_webhook: Callable[[int], None] | None = None
@@ -141,7 +144,10 @@ class JobRunner:
         started = time.monotonic()
         cached = self.cache.lookup(message)
         if cached is not None:
-            return self._commit(message, cached.result_for(message, started), turn)
+            committed = self._commit(message, cached.result_for(message, started), turn)
+            if cached.tier == "semantic":
+                self.audit.after_semantic_hit(message, cached.entry)
+            return committed
         try:
             output = self._run_engine(message, turn)
         except EngineError as e:

@@ -158,6 +158,7 @@ class WorkerRuntime:
             self.runner.on_job_started = metrics.job_started
             self.runner.on_job_ended = metrics.job_ended
             self.runner.on_session_restored = metrics.session_restored
+            self.runner.audit.on_counts = metrics.cache_audited
         self._load_admitted()
         embed = self.embedder()
         if embed is not None:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -188,6 +189,10 @@ class Verifier:
         return np.concatenate(out)
 
 
+class PairScorer(Protocol):
+    def score(self, pairs: Sequence[tuple[str, str]], batch_size: int = 64) -> np.ndarray: ...
+
+
 @dataclass
 class _Request:
     pairs: Sequence[tuple[str, str]]
@@ -200,7 +205,7 @@ class CertifiedVerifier:
     task threads: concurrent look-ups are scored in one forward pass (the first caller to find
     the model idle takes every pair queued by then; the others wait for their scores)."""
 
-    def __init__(self, verifier: Verifier, threshold: float) -> None:
+    def __init__(self, verifier: PairScorer, threshold: float) -> None:
         self.verifier, self.threshold = verifier, threshold
         self._changed = threading.Condition()
         self._pending: list[_Request] = []
@@ -224,6 +229,12 @@ class CertifiedVerifier:
                 f"the verifier at {path} could not be certified ({certificate['accepted']} of "
                 f"{certificate['near_misses']} calibration near-misses accepted)")
         return cls(Verifier(path), float(certificate["threshold"]))
+
+    @property
+    def waiting(self) -> int:
+        """Look-ups queued for the next forward pass."""
+        with self._changed:
+            return len(self._pending)
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """The scores of ``pairs`` (asked, cached), batched with other threads' pairs."""

@@ -97,10 +97,17 @@ def prepare_verifier(models_dir: Path, embed: Embedder, registry: Registry,
     building = final.with_name(final.name + ".building")
     shutil.rmtree(building, ignore_errors=True)
     seconds = train(config, read_pairs(TRAINING_FILE), building, threads)
+    return install_certified(building, final, embed, registry, config, seconds)
+
+
+def install_certified(building: Path, final: Path, embed: Embedder, registry: Registry,
+                      config: VerifierConfig, train_seconds: float) -> Path:
+    """Certifies the trained weights in ``building`` and moves them to ``final``."""
     (building / READY_MARKER).write_text("trained\n")
     rows = read_pairs(CALIBRATION_FILE)
     scores = pipeline_scores(rows, embed, Verifier(building), registry)
-    certificate = certify(rows, scores) | {"train_seconds": seconds, "config": asdict(config)}
+    certificate = certify(rows, scores) | {"train_seconds": train_seconds,
+                                           "config": asdict(config)}
     (building / CERTIFICATE_FILE).write_text(json.dumps(certificate, indent=2))
     log.info("verifier %s: threshold %.5f, %d of %d calibration near-misses accepted "
              "(upper bound %.4f), paraphrase hits %.3f", final.name, certificate["threshold"],

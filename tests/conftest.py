@@ -42,6 +42,8 @@ def base_settings(**overrides: object) -> Settings:
         "test_hooks": True,
         "torch_threads": 1,
         "publish_confirm_timeout_s": 5.0,
+        # The trained verifier is not in every checkout; tests that need it ask for it.
+        "cache_verifier": "off",
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

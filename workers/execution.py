@@ -27,6 +27,7 @@ from stores.connections import REDIS_OUTAGES
 from stores.jobstore import JobRow, get_job, set_status
 from stores.outbox import record_webhook, untried_webhooks
 from stores.results import JobStateStore
+from workers.cache_audit import CacheAudit
 from workers.cache_steps import CacheSteps
 from workers.engines.base import EngineOutput, EngineRequest
 from workers.job_commits import JobCommits, TurnWriter
@@ -63,6 +64,8 @@ class JobRunner:
         self.hooks = tuple(hooks)
         self.sessions = SessionSteps(settings, database)
         self.cache = CacheSteps(settings)
+        self.audit = CacheAudit(settings, self.cache.switches, self.cache.exact,
+                                submit_to_engine)
         self.commits = JobCommits(database)
 
     def run(self, payload: dict[str, Any], delivery: Delivery | None = None
@@ -135,7 +138,10 @@ class JobRunner:
         started = time.monotonic()
         cached = self.cache.lookup(message)
         if cached is not None:
-            return self._commit(message, cached.result_for(message, started), turn)
+            committed = self._commit(message, cached.result_for(message, started), turn)
+            if cached.tier == "semantic":
+                self.audit.after_semantic_hit(message, cached.entry)
+            return committed
         try:
             output = self._run_engine(message, turn)
         except EngineError as e:

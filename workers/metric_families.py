@@ -70,6 +70,17 @@ class WorkerFamilies:
         self.session_restore_failures = Counter(
             "infermq_session_restore_failures", "Session jobs whose session could not be "
             "activated or restored", m, registry=r)
+        self.cache_audits = Gauge(
+            "infermq_cache_audits", "Live cache audits of semantic hits, fleet-wide (from "
+            "PostgreSQL), by outcome: agreed, disagreed, starved, failed",
+            ["task_type", "model", "outcome"], registry=r)
+        self.cache_audit_wrong_rate = Gauge(
+            "infermq_cache_audit_wrong_rate", "P(wrong | served semantic hit) from the live "
+            "audit: estimate, and the 95 % interval's low and high ends",
+            ["task_type", "model", "bound"], registry=r)
+        self.cache_semantic_enabled = Gauge(
+            "infermq_cache_semantic_enabled", "1 while the task type's semantic tier serves, 0 "
+            "once the audit (or an operator) switched it off", ["task_type"], registry=r)
         self.routed = Counter("infermq_routed_jobs", "Auto jobs the router task placed, by "
                               "request class and model", ["request_class", "model"], registry=r)
         self.route_failures = Counter("infermq_route_failures", "Auto jobs no model could take",

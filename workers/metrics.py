@@ -22,6 +22,7 @@ import redis
 from kombu import Connection
 from prometheus_client import CollectorRegistry
 
+from infermq.audit_policy import AuditCounts
 from infermq.errors import InfermqError
 from infermq.jobs import JobMessage, JobResult, JobStatus, utcnow
 from infermq.keys import RedisKeys
@@ -249,6 +250,20 @@ class WorkerMetrics(RunnerHooks):
             self.families.session_restore_failures.labels(model).inc()
         else:
             self.families.session_restore.labels(model).observe(restore_s)
+
+    def cache_audited(self, task_type: str, model: str, counts: AuditCounts,
+                      semantic_on: bool) -> None:
+        """Exports the audit counts after one audit, the rate with its interval, the switch."""
+        f = self.families
+        for outcome in ("agreed", "disagreed", "starved", "failed"):
+            f.cache_audits.labels(task_type, model, outcome).set(getattr(counts, outcome))
+        low, high = counts.interval()
+        rate = counts.wrong_rate()
+        f.cache_audit_wrong_rate.labels(task_type, model, "estimate").set(
+            rate if rate is not None else float("nan"))
+        f.cache_audit_wrong_rate.labels(task_type, model, "low").set(low)
+        f.cache_audit_wrong_rate.labels(task_type, model, "high").set(high)
+        f.cache_semantic_enabled.labels(task_type).set(1.0 if semantic_on else 0.0)
 
     def job_routed(self, request_class: str | None, model: str | None, route_s: float) -> None:
         """Counts one auto job the router placed on ``model`` (None: no model could take it)."""

@@ -154,14 +154,15 @@ class WorkerRuntime:
         metrics = self.metrics
         if metrics is not None:
             metrics.start()
+            self.runner.audit.on_counts = metrics.cache_audited
         self._load_admitted()
         embed = self.embedder()
         if embed is not None:
             # The router and the semantic cache call it between jobs: never evicted.
             with self._scheduler_lock:
                 self.scheduler.pin(str(self.embedding_model))
-            self.runner.cache.use_embedder(embed)
-            log.info("semantic cache tier on")
+            if self.runner.cache.use_embedder(embed):
+                log.info("semantic cache tier on")
 
     def _load_admitted(self) -> None:
         for spec in self.admitted:

@@ -3,8 +3,10 @@
 Runs in the worker, which has the embedder. Candidates come from a locality-sensitive hash of
 the embedding (random-hyperplane SimHash cut into bands; one Redis set per band value), so a
 lookup reads a few sets instead of scanning the namespace. A candidate is served only when its
-cosine similarity reaches the task type's ``semantic_threshold`` and the near-miss guard
-(``workers/cache_guard.py``) finds nothing that changes the answer.
+cosine similarity reaches the task type's ``semantic_threshold``, the near-miss guard
+(``workers/cache_guard.py``) finds nothing that changes the answer, and, where the worker has
+one, the learned verifier (``workers/verifier.py``) scores the pair at or above the threshold
+certified for it. The verifier reads only the best ``MAX_VERIFIED`` candidates.
 
 Entries live in the exact tier's store (``stores/exact_cache.py``): same namespace, TTL, LFU cap,
 provenance and counters; the semantic tier adds the vector and the band memberships.
@@ -29,6 +31,7 @@ from infermq.keys import RedisKeys
 from infermq.registry import ModelSpec, Registry
 from stores.exact_cache import CacheEntry, ExactCache
 from workers.cache_guard import near_miss_reason
+from workers.verifier import CertifiedVerifier
 
 Embedder = Callable[[list[str]], np.ndarray]
 
@@ -39,6 +42,7 @@ BANDS = 32
 BITS_PER_BAND = 10
 LSH_SEED = 20_240_605  # every worker must draw the same hyperplanes
 MAX_CANDIDATES = 24  # the most entries whose vectors are read per lookup
+MAX_VERIFIED = 2  # the most candidates the verifier scores per lookup (one forward pass)
 
 
 @dataclass(frozen=True)
@@ -58,9 +62,11 @@ class SemanticCache:
     """Exact lookup first, then SimHash candidates verified by cosine and the near-miss guard."""
 
     def __init__(self, redis_client: redis.Redis, keys: RedisKeys, embed: Embedder,
-                 registry: Registry, *, guard: bool = True) -> None:
+                 registry: Registry, *, guard: bool = True,
+                 verifier: CertifiedVerifier | None = None) -> None:
         self.exact = ExactCache(redis_client, keys, registry)
         self.redis, self.keys, self.embed, self.guard = redis_client, keys, embed, guard
+        self.verifier = verifier
         self._planes: np.ndarray | None = None
         self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
@@ -137,9 +143,15 @@ class SemanticCache:
             similarity = float(np.dot(np.frombuffer(blob, dtype=np.float32), vector))
             if similarity >= threshold:
                 scored.append((similarity, entry_id, cached_text.decode()))
-        for similarity, entry_id, cached_text in sorted(scored, reverse=True):
-            if self.guard and near_miss_reason(text, cached_text) is not None:
-                continue
+        passed = [(similarity, entry_id, cached_text)
+                  for similarity, entry_id, cached_text in sorted(scored, reverse=True)
+                  if not (self.guard and near_miss_reason(text, cached_text) is not None)]
+        if self.verifier is not None and passed:
+            passed = passed[:MAX_VERIFIED]
+            verdicts = self.verifier.score([(text, cached) for _, _, cached in passed])
+            passed = [c for c, v in zip(passed, verdicts, strict=True)
+                      if v >= self.verifier.threshold]
+        for similarity, entry_id, _ in passed:
             entry = self.exact.get_entry(task_type, entry_id)
             if entry is not None:
                 self.exact.count(task_type, "semantic_hit")

@@ -894,6 +894,191 @@ HELDOUT2: list[Scenario] = [
              {"c": "city", "n": "qty", "u": "unit_rate"}),
 ]
 
+# --- the calibration bank (issue 13): certifies the verifier's threshold -------------------
+# Written after every other bank, kept apart from the verifier's training data (tuning, dev,
+# dev2, heldout2): its own domains (gardening, music, astronomy, pets, real estate, transit,
+# sport, insurance, cars, museums), names, cities, teams, date forms and antonym pairs.
+CALIBRATION_BANK = Bank(
+    entities={
+        "person": ["Aurelio", "Fenna", "Oluwaseun", "Hiroshi", "Saoirse", "Radomir", "Thandiwe",
+                   "Ignacio", "Maelle", "Bartosz", "Yasmin", "Eero", "Paloma", "Kofi", "Linnea",
+                   "Teodor"],
+        "city": ["Porto Alegre", "Tbilisi", "Ljubljana", "Gdansk", "Adelaide", "Quito", "Tallinn",
+                 "Bergen", "Cusco", "Da Nang", "Salzburg", "Accra", "Winnipeg", "Bilbao", "Riga",
+                 "Nagoya"],
+        "country": ["Uruguay", "Estonia", "Ghana", "Slovenia", "Mongolia", "Ecuador", "Latvia",
+                    "Namibia"],
+        "team": ["the Rangers", "the Falcons", "the Comets", "the Lynx", "the Harriers",
+                 "the Otters"],
+        "animal": ["beagle", "parakeet", "hamster", "corgi", "iguana", "ferret", "tortoise",
+                   "dachshund"],
+        "product": ["cello", "ukulele", "oboe", "banjo", "harp", "clarinet", "trombone",
+                    "mandolin"],
+        "subject": ["Jupiter", "Saturn", "Mars", "Venus", "Neptune", "Mercury"],
+        "dish": ["tomatoes", "basil", "lavender", "orchids", "ferns", "cucumbers", "peonies",
+                 "succulents"],
+        "company": ["Zurich Re", "Allianz", "Aviva", "Geico", "Lemonade", "Progressive"],
+        "doc": ["Volvo XC60", "Mazda CX-5", "Skoda Octavia", "Kia Niro", "Subaru Outback",
+                "Renault Clio"],
+    },
+    units={
+        "dist": {"km": ["kilometres", "km"], "mi": ["miles"], "yd": ["yards"]},
+        "weight": {"kg": ["kilograms", "kg"], "t": ["tonnes"], "lb": ["pounds", "lbs"]},
+        "liquid": {"l": ["litres"], "gal": ["gallons"], "floz": ["fluid ounces"]},
+        "time": {"h": ["hours"], "min": ["minutes"], "wk": ["weeks"], "d": ["days"]},
+        "money": {"aud": ["Australian dollars", "AUD"], "sek": ["Swedish kronor", "SEK"],
+                  "nzd": ["NZD", "New Zealand dollars"]},
+    },
+    date_style="calibration",
+)
+
+CALIBRATION: list[Scenario] = [
+    # gardening
+    Scenario("generate", ["How often should I water {dish} in {c}?",
+                          "In {c}, how frequently do {dish} need watering?",
+                          "What's a good watering schedule for {dish} if I live in {c}?",
+                          "I'm growing {dish} in {c}. How often do I water them?"],
+             {"dish": "dish", "c": "city"}),
+    Scenario("generate", ["Do {dish} grow better in {v} soil?", "Is {v} soil better for growing {dish}?",
+                          "Would my {dish} do well in {v} soil?",
+                          "Should I plant {dish} in {v} soil?"],
+             {"dish": "dish"}, antonyms={"v": [(("acidic",), ("alkaline",)), (("sandy",), ("clay",)),
+                                              (("moist",), ("dry",))]}),
+    Scenario("generate", ["Can I plant {dish} next to {other}?", "Is it fine to grow {dish} beside {other}?",
+                          "Will {dish} grow well planted near {other}?"],
+             {"dish": "dish", "other": "dish"}, distinct=("dish", "other")),
+    # music
+    Scenario("generate", ["Is the {a} harder to learn than the {b}?", "Which is tougher to learn, the {a} or the {b}? Is it the {a}?",
+                          "Would learning the {a} be more difficult than learning the {b}?",
+                          "Is it harder to pick up the {a} than the {b}?"],
+             {"a": "product", "b": "product"}, swap=("a", "b")),
+    Scenario("generate", ["How long does it take to learn the {p} to a {v} level?",
+                          "How many years to reach a {v} level on the {p}?",
+                          "Time needed to get to a {v} level playing the {p}?"],
+             {"p": "product"}, antonyms={"v": [(("beginner",), ("advanced",))]}),
+    Scenario("embed", ["{a} gave {b} private {p} lessons for {n} weeks.",
+                       "For {n} weeks, {b} took private {p} lessons from {a}.",
+                       "{b} was taught the {p} privately by {a} over {n} weeks."],
+             {"a": "person", "b": "person", "p": "product", "n": "num_small"}, swap=("a", "b")),
+    # astronomy
+    Scenario("generate", ["How far is {s} from the Sun?", "What's the distance between {s} and the Sun?",
+                          "Distance from the Sun to {s}?", "How many km separate {s} and the Sun?"],
+             {"s": "subject"}),
+    Scenario("generate", ["Is {a} {v} than {b}?", "Compared with {b}, is {a} {v}?",
+                          "Would you say {a} is {v} than {b}?"],
+             {"a": "subject", "b": "subject"}, swap=("a", "b"),
+             antonyms={"v": [(("hotter",), ("colder",)), (("larger",), ("smaller",)),
+                             (("heavier",), ("lighter",))]}),
+    Scenario("generate", ["Will {s} be visible from {c} on {d}?", "Can I see {s} from {c} on {d}?",
+                          "On {d}, is {s} visible in the sky over {c}?"],
+             {"s": "subject", "c": "city", "d": "date"}),
+    # pets
+    Scenario("generate", ["How much should a {n}-month-old {a} eat per day?",
+                          "Daily food amount for a {a} that is {n} months old?",
+                          "My {a} is {n} months old, how much food does it need each day?"],
+             {"a": "animal", "n": "num_small"}),
+    Scenario("generate", ["Is it safe to leave my {a} alone for {n} {u}?",
+                          "Can a {a} be left alone for {n} {u}?",
+                          "Will my {a} be okay on its own for {n} {u}?"],
+             {"a": "animal", "n": "num_small", "u": "unit_time"}),
+    Scenario("generate", ["[Should|Shouldn't] I vaccinate my {a} every year?",
+                          "Does a {a} [|not ]need a yearly vaccination?",
+                          "Is an annual vaccine [|not ]necessary for my {a}?"],
+             {"a": "animal"}),
+    # real estate
+    Scenario("generate", ["What is the monthly payment on a {n} {u} mortgage?",
+                          "Monthly repayment for a mortgage of {n} {u}?",
+                          "If I borrow {n} {u} for a house, what do I pay per month?"],
+             {"n": "qty", "u": "unit_money"}),
+    Scenario("embed", ["The flat in {c} was listed for sale on {d}.", "On {d}, the {c} flat went on the market.",
+                       "Listing date for the apartment in {c}: {d}."],
+             {"c": "city", "d": "date"}),
+    Scenario("embed", ["{a} sold the house to {b} in {y}.", "In {y}, {b} bought the house from {a}.",
+                       "The house was sold by {a} to {b} in {y}."],
+             {"a": "person", "b": "person", "y": "year"}, swap=("a", "b")),
+    Scenario("generate", ["Is it better to {v} a home in {c} right now?",
+                          "Should I {v} a house in {c} at the moment?",
+                          "Right now, would you {v} property in {c}?"],
+             {"c": "city"}, antonyms={"v": [(("buy",), ("rent",)), (("buy",), ("sell",))]}),
+    # transit
+    Scenario("generate", ["When does the last train leave {a} for {b}?",
+                          "What time is the final train from {a} to {b}?",
+                          "Last departure from {a} heading to {b}, what time?"],
+             {"a": "city", "b": "city"}, swap=("a", "b")),
+    Scenario("generate", ["How long is the bus ride from {a} to {b} if it is {n} {u}?",
+                          "A {n} {u} bus trip from {a} to {b} takes how long?",
+                          "Bus from {a} to {b}, {n} {u} away: travel time?"],
+             {"a": "city", "b": "city", "n": "qty", "u": "unit_dist"}, swap=("a", "b")),
+    Scenario("classify", ["My train ticket {o} was charged twice.", "I was billed twice for ticket {o}.",
+                          "Ticket {o} shows two charges on my card."],
+             {"o": "booking"}),
+    Scenario("classify", ["The tram [was|was not] on time this morning.",
+                          "This morning's tram [arrived|did not arrive] on schedule.",
+                          "Today the morning tram [ran|didn't run] on time."],
+             {}),
+    # sport
+    Scenario("generate", ["Did {a} beat {b} last season?", "Last season, did {a} win against {b}?",
+                          "Was {b} beaten by {a} last season?"],
+             {"a": "team", "b": "team"}, swap=("a", "b")),
+    Scenario("generate", ["How many points did {t} score on {d}?", "What was {t}'s score on {d}?",
+                          "On {d}, how many points did {t} put up?"],
+             {"t": "team", "d": "date"}),
+    Scenario("embed", ["{t} [won|lost] the final by {n} points.", "{t} [won|lost] the championship game by a margin of {n}.",
+                       "In the final, {t} [won|lost] by {n} points."],
+             {"t": "team", "n": "num"}),
+    Scenario("generate", ["Is running {n} {u} a week {v} for a beginner?",
+                          "For a beginner, is {n} {u} per week of running {v}?",
+                          "Would a new runner find {n} {u} weekly {v}?"],
+             {"n": "qty", "u": "unit_dist"}, antonyms={"v": [(("too much",), ("too little",))]}),
+    # insurance
+    Scenario("classify", ["I need to file a claim on policy {o} with {co}.",
+                          "Please open a claim for my {co} policy {o}.",
+                          "Start a claim on {co} policy {o} for me."],
+             {"o": "claim", "co": "company"}),
+    Scenario("classify", ["My premium with {co} went {v} this year.", "{co} {v2} my premium this year.",
+                          "This year {co} changed my premium: it went {v}."],
+             {"co": "company"}, antonyms={"v": [(("up",), ("down",))]},
+             inflect={"up": "raised", "down": "lowered"}),
+    Scenario("classify", ["I [want|do not want] to renew my {co} policy.",
+                          "Please [|do not ]renew my policy with {co}.",
+                          "[Go ahead and renew|Do not renew] my {co} insurance."],
+             {"co": "company"}),
+    # cars
+    Scenario("generate", ["What is the fuel economy of the {car} in {u} per {n} km?",
+                          "How many {u} per {n} km does the {car} use?",
+                          "{car} consumption: {u} every {n} km?"],
+             {"car": "doc", "u": "unit_liquid", "n": "num"}),
+    Scenario("generate", ["Is the {a} more reliable than the {b}?", "Which is more reliable, the {a} or the {b}? The {a}?",
+                          "Would the {a} hold up better than the {b}?"],
+             {"a": "doc", "b": "doc"}, swap=("a", "b")),
+    Scenario("embed", ["The {car} can tow {n} {u}.", "Towing capacity of the {car}: {n} {u}.",
+                       "A {car} is rated to tow up to {n} {u}."],
+             {"car": "doc", "n": "qty", "u": "unit_weight"}),
+    Scenario("generate", ["Should I use {v} tyres on my {car} in {c}?",
+                          "Are {v} tyres a good idea for a {car} in {c}?",
+                          "In {c}, do I need {v} tyres on the {car}?"],
+             {"car": "doc", "c": "city"}, antonyms={"v": [(("winter",), ("summer",))]}),
+    # museums and travel
+    Scenario("generate", ["Is the museum in {c} open on {w}?", "Can I visit the {c} museum on a {w}?",
+                          "On {w}, does the museum in {c} open?"],
+             {"c": "city", "w": "weekday"}),
+    Scenario("generate", ["Do I need a visa to visit {k} for {n} days?",
+                          "Is a visa required for a {n}-day trip to {k}?",
+                          "Visiting {k} for {n} days: visa needed?"],
+             {"k": "country", "n": "num_small"}),
+    Scenario("embed", ["{p} flew from {a} to {b} on {d}.", "On {d}, {p} took a flight from {a} to {b}.",
+                       "{p}'s flight on {d} went from {a} to {b}."],
+             {"p": "person", "a": "city", "b": "city", "d": "date"}, swap=("a", "b")),
+    Scenario("classify", ["The hotel room in {c} was [clean|not clean].",
+                          "Our room in {c} was [|not ]clean.",
+                          "In {c} the hotel room [was spotless|wasn't clean at all]."],
+             {"c": "city"}),
+    Scenario("classify", ["The {v} staff at the {c} museum made our visit.",
+                          "Staff at the museum in {c} were {v}.",
+                          "At the {c} museum, the staff were {v}."],
+             {"c": "city"}, antonyms={"v": [(("friendly",), ("rude",)), (("helpful",), ("unhelpful",))]}),
+]
+
 
 def render_number(rng: random.Random, value: float, allow_words: bool) -> str:
     if float(value).is_integer():
@@ -914,6 +1099,9 @@ def render_date(rng: random.Random, value: tuple[int, int, int], style: str) -> 
     if style == "dev":
         return rng.choice([f"{day:02d}.{month:02d}.{year}", f"the {day}{suffix} of {name} {year}",
                            f"{name} {day}{suffix}, {year}"])
+    if style == "calibration":
+        return rng.choice([f"{day} {name[:3]}. {year}", f"{name} the {day}{suffix}, {year}",
+                           f"{day}{suffix} {name} {year}"])
     if style == "heldout2":
         weekday = WEEKDAYS[datetime.date(year, month, day).weekday()]
         return rng.choice([f"{month}/{day}/{year}", f"{day:02d}-{name[:3]}-{year}",
@@ -990,7 +1178,8 @@ def mutate(rng: random.Random, kind: str, value: object, bank: Bank) -> object:
         elif kind == "date" and isinstance(value, tuple) and rng.random() < 0.6:
             y, m, d = value
             # The tuning bank writes no year: a year-only change would not be a near-miss.
-            years = [(y + 1, m, d)] if bank.date_style in {"heldout", "dev", "heldout2"} else []
+            years = ([(y + 1, m, d)] if bank.date_style in {"heldout", "dev", "heldout2",
+                                                             "calibration"} else [])
             other = rng.choice([(y, m, d % 28 + 1), (y, m % 12 + 1, d), *years])
         else:
             other = slot_value(rng, kind, bank)
@@ -1246,6 +1435,9 @@ HEADER = {
     "heldout2": "second held-out split: HELDOUT2 scenarios and vocabulary of "
                 "bench/data/build_pairs.py, written blind and frozen before the guard's third "
                 "version; hand-written templates, no public data",
+    "calibration": "calibration split: CALIBRATION scenarios and vocabulary of "
+                   "bench/data/build_pairs.py, kept apart from the verifier's training data; it "
+                   "certifies the verifier's threshold; hand-written templates, no public data",
     "tuning": "tuning split: TUNING scenarios and vocabulary of bench/data/build_pairs.py; "
               "hand-written templates, no public data",
 }
@@ -1268,7 +1460,7 @@ def read_pairs(path: Path) -> list[dict[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", choices=["heldout", "tuning", "dev", "heldout2", "both"], default="both")
+    parser.add_argument("--split", choices=["heldout", "tuning", "dev", "heldout2", "calibration", "both"], default="both")
     args = parser.parse_args()
     if args.split in {"heldout", "both"}:
         print(write(build(HELDOUT, HELDOUT_BANK, "heldout", 5, 350, 60), "heldout"))
@@ -1279,6 +1471,9 @@ def main() -> None:
     if args.split == "heldout2":
         print(write(build(HELDOUT2, HELDOUT2_BANK, "heldout2", 13, 600, 90, noise=add_noise_v2),
                     "heldout2"))
+    if args.split == "calibration":
+        print(write(build(CALIBRATION, CALIBRATION_BANK, "calibration", 17, 700, 140,
+                          noise=add_noise_v2), "calibration"))
 
 
 if __name__ == "__main__":

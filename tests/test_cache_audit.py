@@ -1,0 +1,136 @@
+"""The live cache audit: decisions, durable counts, the fleet-wide switch, eviction, the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pytest
+
+from infermq.audit_policy import AuditCounts, answers_agree, breached, picked_for_audit
+from infermq.jobs import JobMessage, TaskType
+from infermq.settings import Settings
+from workers.cache_audit import AUDIT_PRIORITY, CacheAudit
+from workers.cache_steps import CacheSteps
+from workers.engines.base import EngineOutput, EngineRequest
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_breach_needs_the_lower_bound_above_the_target() -> None:
+    # 1 wrong in 400 audited: the interval still holds 0.5 %, the tier stays on.
+    assert not breached(AuditCounts(agreed=399, disagreed=1), 0.005)
+    # 10 wrong in 400: the lower bound (1.2 %) is above 0.5 %.
+    assert breached(AuditCounts(agreed=390, disagreed=10), 0.005)
+    # Audits that could not run are evidence of nothing.
+    assert not breached(AuditCounts(starved=50, failed=50), 0.005)
+
+
+def test_the_audit_share_holds_and_a_redelivery_is_picked_alike() -> None:
+    ids = [f"job-{i}" for i in range(20_000)]
+    picked = sum(picked_for_audit(i, 0.05) for i in ids)
+    assert 850 <= picked <= 1150
+    assert [picked_for_audit(i, 0.05) for i in ids[:200]] == [
+        picked_for_audit(i, 0.05) for i in ids[:200]]
+    assert not any(picked_for_audit(i, 0.0) for i in ids[:200])
+
+
+def test_answers_agree_on_labels_and_on_normalized_text() -> None:
+    assert answers_agree("classify", {"label": "refund", "score": 0.9},
+                         {"label": "refund", "score": 0.7})
+    assert not answers_agree("classify", {"label": "refund"}, {"label": "cancel"})
+    assert answers_agree("generate", "Paris is the capital.", "  paris is the capital ")
+    assert not answers_agree("generate", "It costs 2.5 dollars.", "It costs 25 dollars.")
+
+
+class StandInEngine:
+    """The worker's batcher as the audit sees it: answers each request with ``answer``."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer, self.requests = answer, []  # type: ignore[var-annotated]
+
+    def __call__(self, model: str, request: EngineRequest) -> Future[EngineOutput]:
+        self.requests.append(request)
+        future: Future[EngineOutput] = Future()
+        future.set_result(EngineOutput(output=self.answer))
+        return future
+
+
+def message(text: str) -> JobMessage:
+    return JobMessage(job_id=str(uuid.uuid4()), task_type=TaskType.GENERATE, model="smollm2",
+                      input=text, priority=5, timeout_s=30, submitted_at=datetime.now(UTC))
+
+
+@pytest.fixture
+def embed() -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    from workers.engines.sources import MINILM_DIR, package_path
+
+    model = SentenceTransformer(str(package_path(*MINILM_DIR)), device="cpu")
+    return lambda texts: np.asarray(model.encode(texts, normalize_embeddings=True))
+
+
+def two_workers(settings: Settings, embed: Any) -> tuple[CacheSteps, CacheSteps]:
+    first, second = CacheSteps(settings), CacheSteps(settings)
+    assert first.use_embedder(embed) and second.use_embedder(embed)
+    return first, second
+
+
+def test_a_wrong_hit_evicts_its_entry_and_turns_the_tier_off_for_every_worker(
+        settings: Settings, embed: Any) -> None:
+    settings = settings.model_copy(update={"cache_audit_share": 1.0})
+    worker_a, worker_b = two_workers(settings, embed)
+    # Given an entry whose stored answer the engine no longer gives,
+    worker_a.store(message("What is the capital city of France?"), "Lyon")
+    asked = message("what's the capital of France")
+    hit = worker_a.lookup(asked)
+    assert hit is not None and hit.tier == "semantic"
+    engine = StandInEngine("Paris")
+    audit = CacheAudit(settings, worker_a.switches, worker_a.exact, engine)
+    # When the audit re-runs the hit,
+    future = audit.after_semantic_hit(asked, hit.entry)
+    assert future is not None
+    future.result(timeout=60)
+    # Then it ran at the lowest priority under an id that is no user's job,
+    assert [r.priority for r in engine.requests] == [AUDIT_PRIORITY]
+    assert engine.requests[0].job_id == f"audit-{asked.job_id}"
+    # it counted one disagreement, evicted the entry, and switched the tier off:
+    counts = worker_a.switches.counts()[("generate", "smollm2")]
+    assert (counts.agreed, counts.disagreed) == (0, 1)
+    assert worker_a.exact.get_entry("generate", hit.entry.entry_id) is None
+    assert not worker_b.switches.semantic_enabled("generate")
+    # the other worker serves no semantic hit for generate, even of a fresh entry,
+    worker_b.store(message("Who wrote the play Hamlet?"), "Shakespeare")
+    assert worker_b.lookup(message("who is the author of hamlet")) is None
+    # until an operator turns it back on.
+    enabled = subprocess.run([sys.executable, "-m", "infermq.cli", "cache", "enable", "generate"],
+                             env=settings.as_env() | {"PATH": "/usr/bin:/bin"},
+                             capture_output=True, text=True, timeout=120)
+    assert enabled.returncode == 0, enabled.stderr
+    again = worker_b.lookup(message("who is the author of hamlet"))
+    assert again is not None and again.tier == "semantic"
+    audit.close()
+
+
+def test_an_engine_that_agrees_keeps_the_tier_on(settings: Settings, embed: Any) -> None:
+    settings = settings.model_copy(update={"cache_audit_share": 1.0})
+    worker_a, worker_b = two_workers(settings, embed)
+    worker_a.store(message("What is the capital city of France?"), "Paris.")
+    audit = CacheAudit(settings, worker_a.switches, worker_a.exact, StandInEngine("paris"))
+    for _ in range(5):
+        asked = message("what's the capital of France")
+        hit = worker_b.lookup(asked)
+        assert hit is not None and hit.tier == "semantic"
+        future = audit.after_semantic_hit(asked, hit.entry)
+        assert future is not None
+        future.result(timeout=60)
+    counts = worker_b.switches.counts()[("generate", "smollm2")]
+    assert (counts.agreed, counts.disagreed, counts.failed) == (5, 0, 0)
+    assert worker_b.switches.semantic_enabled("generate")
+    audit.close()

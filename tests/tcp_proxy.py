@@ -62,9 +62,15 @@ class TcpProxy:
                 sock.close()
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.listener.close()
+        """Stops listening and drops every connection: shut down first, since a close() alone
+        sends no FIN while a pump thread is still blocked reading that socket (Linux keeps the
+        file open until the read returns), and the peer would wait for ever."""
+        for sock in [self.listener, *self._sockets_snapshot()]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _sockets_snapshot(self) -> list[socket.socket]:
         with self._lock:
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.close()
+            return list(self._sockets)

@@ -147,7 +147,7 @@ def select_batch(
     return batch
 
 
-def _settle(future: Future[EngineOutput], output: EngineOutput | None,
+def settle_future(future: Future[EngineOutput], output: EngineOutput | None,
             error: BaseException | None) -> None:
     """Sets a future's outcome unless the deadline thread got there first."""
     try:
@@ -289,7 +289,7 @@ class Batcher:
             if not drain:
                 while self._pending:
                     item = heapq.heappop(self._pending)
-                    _settle(item.future, None, EngineError(
+                    settle_future(item.future, None, EngineError(
                         f"job {item.request.job_id} was not run: the worker is stopping"))
                 self._pending_inputs = 0
             self._wakeup.notify_all()
@@ -354,7 +354,7 @@ class Batcher:
                     f"{len(requests)} requests")
         except Exception as error:  # noqa: BLE001 - any engine failure is bisected to its job
             if len(items) == 1:
-                _settle(items[0].future, None, _as_job_error(requests[0], error))
+                settle_future(items[0].future, None, _as_job_error(requests[0], error))
                 return
             middle = len(items) // 2
             self._run_or_bisect(items[:middle])
@@ -364,9 +364,9 @@ class Batcher:
             self._running_batch = ()
         for item, output in zip(items, outputs, strict=True):
             if output.error is not None:
-                _settle(item.future, None, _as_job_error(item.request, output.error))
+                settle_future(item.future, None, _as_job_error(item.request, output.error))
             else:
-                _settle(item.future, output, None)
+                settle_future(item.future, output, None)
         self.hooks.after_batch(requests, outputs)
 
     def _submit_continuous(self, request: EngineRequest, future: Future[EngineOutput]) -> None:
@@ -374,12 +374,12 @@ class Batcher:
         try:
             inner = self.engine.submit(request)
         except Exception as error:  # noqa: BLE001 - reported on the job's future
-            _settle(future, None, _as_job_error(request, error))
+            settle_future(future, None, _as_job_error(request, error))
             return
 
         def relay(done: Future[EngineOutput]) -> None:
             error = done.exception()
-            _settle(future, None if error else done.result(),
+            settle_future(future, None if error else done.result(),
                     _as_job_error(request, error) if error else None)
 
         inner.add_done_callback(relay)
@@ -400,7 +400,7 @@ class Batcher:
                     self._deadline_wakeup.wait(deadline - now)
                     continue
                 heapq.heappop(self._deadlines)
-                _settle(future, None, JobTimedOut(
+                settle_future(future, None, JobTimedOut(
                     f"job {request.job_id} ran past its timeout of {request.timeout_s:g} s in "
                     f"the worker; submit it with a larger timeout_s or a smaller input"))
                 if self.engine.supports_continuous_batching:

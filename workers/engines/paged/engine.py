@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from infermq.errors import (
 )
 from infermq.jobs import TaskType
 from infermq.registry import ModelSpec
-from workers.batching import DEFAULT_AGING_MS, urgency_key
+from workers.batching import DEFAULT_AGING_MS, settle_future, urgency_key
 from workers.engines.base import Engine, EngineOutput, EngineRequest, chats_of
 from workers.engines.generation import GenerationRow, final_text
 from workers.engines.paged.scheduler import Sequence as PagedSequence
@@ -55,16 +55,6 @@ class _Job:
     seqs: list[PagedSequence] = field(default_factory=list)
     left: int = 0
 
-
-def _settle(future: Future[EngineOutput], output: EngineOutput | None,
-            error: BaseException | None) -> None:
-    try:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(output)  # type: ignore[arg-type]
-    except InvalidStateError:
-        pass
 
 
 class PagedEngine(Engine):
@@ -172,7 +162,7 @@ class PagedEngine(Engine):
             self._thread.join()
             self._thread = None
         for held in list(self._jobs.values()) + list(self._inbox):
-            _settle(held.future, None, EngineError(
+            settle_future(held.future, None, EngineError(
                 f"job {held.request.job_id} was not finished: the engine was unloaded"))
         self._jobs.clear()
         self._inbox.clear()
@@ -203,14 +193,14 @@ class PagedEngine(Engine):
         future: Future[EngineOutput] = Future()
         future.set_running_or_notify_cancel()
         if request.task_type != TaskType.GENERATE:
-            _settle(future, None, EngineInputError(
+            settle_future(future, None, EngineInputError(
                 f"job {request.job_id}: the paged engine serves generate, not "
                 f"{request.task_type}"))
             return future
         try:
             prompts = self._prompt_ids(request)
         except EngineInputError as e:
-            _settle(future, None, e)
+            settle_future(future, None, e)
             return future
         params = request.params
         stream = request.on_token if not request.is_multi_input else None
@@ -303,7 +293,7 @@ class PagedEngine(Engine):
             if not seq.finished:
                 self.core.cancel(seq)
         self._jobs.pop(id(job.request), None)
-        _settle(job.future, None, error)
+        settle_future(job.future, None, error)
 
     def _loop(self) -> None:
         while self._take_inbox():
@@ -338,5 +328,5 @@ class PagedEngine(Engine):
         self._jobs.pop(id(job.request), None)
         texts = [final_text(row, self.tokenizer) for row in job.rows]
         tokens = sum(len(row.new_ids) for row in job.rows)
-        _settle(job.future, EngineOutput(texts if job.request.is_multi_input else texts[0],
+        settle_future(job.future, EngineOutput(texts if job.request.is_multi_input else texts[0],
                                          tokens=tokens), None)

@@ -5,15 +5,16 @@ A sentence embedding blurs exactly the tokens that decide an answer: "what is 2+
 sit at cosine 0.9 and above. After the embedding has said "close", this module compares the two
 texts' meaning-bearing tokens, canonicalized so that paraphrases still agree (digits and number
 words, unit, month and date spellings, bare years, contractions, "unavailable" as "not
-available"; the word lists are in ``workers/guard_lexicon.py``):
+available"; the word lists are data in ``workers/guard_data/``, read by
+``workers/guard_lexicon.py``):
 
 - numbers must match in order; identifiers (#123, SKU-42), dates and years, units and each
   number's unit must match;
 - the count of negators must match (the closed class of English negators, and verbs that deny
   their complement: "fails to", "refused to", "lacks");
 - no word left unmatched on one side may be the opposite of one left unmatched on the other:
-  WordNet's antonyms (``workers/guard_antonyms.py``, ~28k pairs, inflections folded), or the
-  same stem under mirror prefixes (import/export, attach/detach, lock/unlock);
+  WordNet's antonyms (``guard_data/wordnet_antonyms.tsv.gz``, ~28k pairs, inflections
+  folded), or the same stem under mirror prefixes (import/export, attach/detach, lock/unlock);
 - the arguments of from / than / vs (and of to, next to from) must match, and so must the role
   order of names, the agent of a passive "by" and the source of "from" read first;
 - a name on one side only, two words swapped around the words that relate them ("files in A
@@ -40,6 +41,7 @@ from workers.guard_lexicon import (
     FRAMING,
     IRREGULAR,
     LEXICON,
+    MIRROR_PREFIXES,
     MONTH_OF,
     NEGATIONS,
     NEGATIVE_PREFIXES,
@@ -50,6 +52,7 @@ from workers.guard_lexicon import (
     PASSIVE_AUX,
     PHRASES,
     PREFIX_STEMS_SEEN,
+    RELATIONAL,
     REORDER,
     SYNONYMS,
     TOKEN,
@@ -306,11 +309,6 @@ def _lemmas(token: str) -> frozenset[str]:
     return frozenset(forms)
 
 
-# Prefixes that turn a word into its opposite or its mirror image (in/ex-port, up/down-load).
-_MIRROR_PREFIXES = ("un", "dis", "in", "im", "il", "ir", "non", "de", "anti", "ex", "up", "down",
-                    "over", "under", "out", "en", "at", "min", "max", "inc", "dec", "pre", "post")
-
-
 def _opposed(first: str, second: str) -> bool:
     """Whether two words are antonyms (WordNet) or one prefix away from each other's opposite."""
     lemmas_first, lemmas_second = _lemmas(first), _lemmas(second)
@@ -324,7 +322,7 @@ def _opposed(first: str, second: str) -> bool:
                 return True  # "lock" / "unlock", "able" / "disable"
             common = len(os.path.commonprefix([x[::-1], y[::-1]]))
             if common >= 4 and x[:-common] != y[:-common] and (
-                    x[:-common] in _MIRROR_PREFIXES and y[:-common] in _MIRROR_PREFIXES):
+                    x[:-common] in MIRROR_PREFIXES and y[:-common] in MIRROR_PREFIXES):
                 return True  # "import" / "export", "attach" / "detach", "upload" / "download"
     return False
 
@@ -336,7 +334,7 @@ def _unmatched(tokens: tuple[str, ...], other: tuple[str, ...]) -> list[str]:
 
 
 # Words that relate two arguments: kept in the skeleton, where their order shows the roles.
-_RELATIONAL = ORDER_MARKERS | {"in", "into", "on", "at", "of", "for", "with"}
+_RELATIONAL = ORDER_MARKERS | RELATIONAL
 
 
 def _skeleton(reading: Reading) -> tuple[str, ...]:

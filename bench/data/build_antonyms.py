@@ -1,10 +1,10 @@
-"""Writes ``workers/guard_antonyms.py``: English antonym pairs and irregular forms from WordNet.
+"""Writes ``workers/guard_data/wordnet_*.tsv.gz``: antonym pairs and irregular forms from WordNet.
 
 Why: the near-miss guard must know that "arrive" and "depart", "deep" and "shallow", "hire" and
 "fire" flip a question's meaning, for words no template of ours has used. A hand-written list
 covers only the words its author thought of; WordNet 3.0 (Princeton, a general lexicon written
-for no task of ours) covers the language. This script distils the part the guard needs into a
-plain Python module, so that nothing is read or downloaded at run time.
+for no task of ours) covers the language. This script distils the part the guard needs into two
+gzipped tables shipped as package data, so that nothing is downloaded at run time.
 
 What it keeps (single-word lemmas only):
 - direct antonyms, widened to every lemma of the two synsets (buy/sell brings purchase/sell);
@@ -14,7 +14,7 @@ What it keeps (single-word lemmas only):
 
 Source: Debian's ``wordnet-base`` package (``apt-get install wordnet-base``), files under
 ``/usr/share/wordnet``. WordNet 3.0 Copyright 2006 by Princeton University; its license allows
-copying and redistribution with the notice, which the generated module carries.
+copying and redistribution with the notice, which the generated tables carry.
 
 Run: ``python bench/data/build_antonyms.py [--wordnet-dir /usr/share/wordnet]``.
 """
@@ -22,11 +22,12 @@ Run: ``python bench/data/build_antonyms.py [--wordnet-dir /usr/share/wordnet]``.
 from __future__ import annotations
 
 import argparse
+import gzip
 import re
 from collections import defaultdict
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[2] / "workers" / "guard_antonyms.py"
+OUT = Path(__file__).resolve().parents[2] / "workers" / "guard_data"
 POS_FILES = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
 WORD = re.compile(r"[a-z]+")
 
@@ -106,22 +107,15 @@ def main() -> None:
     pairs = antonym_pairs(read_synsets(args.wordnet_dir))
     words = {w for pair in pairs for w in pair}
     forms = irregular_forms(args.wordnet_dir, words)
-    # No spaces, so the text can be cut into lines anywhere and joined back exactly.
-    pair_text = "|".join(f"{a},{b}" for a, b in sorted(pairs))
-    form_text = "|".join(f"{a},{b}" for a, b in sorted(forms.items()))
-    wrap = lambda text: "\n".join(text[i:i + 96] for i in range(0, len(text), 96))  # noqa: E731
-    OUT.write_text(
-        '"""Antonym pairs and irregular forms distilled from WordNet 3.0 (generated: '
-        'do not edit).\n\n'
-        "Written by ``bench/data/build_antonyms.py``, which says what is kept and why; read by\n"
-        "``workers/guard_lexicon.py``.\n\n" + NOTICE + '\n"""\n\n'
-        f"# {len(pairs)} pairs 'word,word' separated by '|', cut into lines anywhere\n"
-        f'ANTONYM_PAIRS = """\n{wrap(pair_text)}\n"""\n\n'
-        f"# {len(forms)} irregular forms 'form,base' separated by '|', cut into lines anywhere\n"
-        f'IRREGULAR_FORMS = """\n{wrap(form_text)}\n"""\n'
-    )
+    header = "".join(f"# {line}".rstrip() + "\n" for line in NOTICE.splitlines())
+    tables = (("wordnet_antonyms.tsv.gz", sorted(pairs), "antonym pairs: word<TAB>word"),
+              ("wordnet_irregular.tsv.gz", sorted(forms.items()), "irregular forms: form<TAB>base"))
+    for name, rows, what in tables:
+        text = (f"# WordNet 3.0 {what}; written by bench/data/build_antonyms.py (generated: do "
+                "not edit)\n" + header + "".join(f"{a}\t{b}\n" for a, b in rows))
+        # mtime 0: the same WordNet gives the same bytes.
+        (OUT / name).write_bytes(gzip.compress(text.encode(), mtime=0))
     print(f"{OUT}: {len(pairs)} antonym pairs, {len(forms)} irregular forms")
-
 
 if __name__ == "__main__":
     main()

@@ -134,6 +134,11 @@ class Settings(BaseSettings):
         description="a task type's semantic tier turns off when the audit's 95 % interval on "
         "P(wrong | served hit) lies above this",
     )
+    cache_switch_recheck_s: float = Field(
+        default=2.0, ge=0,
+        description="how old a worker's reading of the semantic tiers' switches (PostgreSQL) may "
+        "be: a switch turned by another worker or `infermq cache` is obeyed within this",
+    )
     worker_context_cache_size: int = Field(
         default=1024, ge=1, description="session contexts held in each worker's memory"
     )

@@ -1,10 +1,16 @@
 """Where the live cache audit keeps its counts and the semantic tier's switch: PostgreSQL,
 shared by every worker of a namespace (the fleet), so one worker's evidence turns the tier off
-for all of them and ``infermq cache enable`` turns it back on for all of them."""
+for all of them and ``infermq cache enable`` turns it back on for all of them.
+
+A worker reads the switches once per ``switch_recheck_s`` (``INFERMQ_CACHE_SWITCH_RECHECK_S``),
+not once per look-up: a change reaches every worker within that bound, and its own changes at
+once."""
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Literal
 
 import sqlalchemy as sa
@@ -23,8 +29,12 @@ AuditOutcome = Literal["agreed", "disagreed", "starved", "failed"]
 class CacheAuditStore:
     """Audit counts and tier switches of one namespace."""
 
-    def __init__(self, database: Engine, namespace: str) -> None:
+    def __init__(self, database: Engine, namespace: str, switch_recheck_s: float = 0.0) -> None:
         self.database, self.namespace = database, namespace
+        self.switch_recheck_s = switch_recheck_s
+        self._switches_lock = threading.Lock()
+        self._off: frozenset[str] = frozenset()
+        self._off_read_monotonic: float | None = None  # None: read at the next look-up
 
     def record(self, task_type: str, model: str, outcome: AuditOutcome) -> AuditCounts:
         """Adds one audit outcome and returns the counts after it, in one statement.
@@ -66,6 +76,7 @@ class CacheAuditStore:
             set_={"semantic_enabled": enabled, "reason": reason, "changed_at": sa.func.now()})
         with self.database.begin() as connection:
             connection.execute(statement)
+        self.recheck_switches()
         log.warning("semantic cache tier for %s turned %s: %s", task_type,
                     "on" if enabled else "off", reason)
 
@@ -78,17 +89,24 @@ class CacheAuditStore:
             return {r[0]: r[1] for r in connection.execute(query)}
 
     def semantic_enabled(self, task_type: str) -> bool:
-        """Whether ``task_type``'s semantic tier may serve (on unless switched off).
+        """Whether ``task_type``'s semantic tier may serve (on unless switched off), as read at
+        most ``switch_recheck_s`` ago.
 
         Raises:
             ServiceUnavailable: PostgreSQL failed.
         """
-        table = cache_tier_switches
-        query = sa.select(table.c.semantic_enabled).where(
-            table.c.namespace == self.namespace, table.c.task_type == task_type)
-        try:
-            with self.database.connect() as connection:
-                value = connection.execute(query).scalar_one_or_none()
-        except sa.exc.SQLAlchemyError as e:
-            raise ServiceUnavailable(f"PostgreSQL failed reading the cache switch: {e}") from e
-        return value is None or bool(value)
+        with self._switches_lock:
+            read_at = self._off_read_monotonic
+            if read_at is None or time.monotonic() - read_at >= self.switch_recheck_s:
+                try:
+                    self._off = frozenset(self.disabled())
+                except sa.exc.SQLAlchemyError as e:
+                    raise ServiceUnavailable(
+                        f"PostgreSQL failed reading the cache switch: {e}") from e
+                self._off_read_monotonic = time.monotonic()
+            return task_type not in self._off
+
+    def recheck_switches(self) -> None:
+        """Makes the next look-up read the switches from PostgreSQL again."""
+        with self._switches_lock:
+            self._off_read_monotonic = None

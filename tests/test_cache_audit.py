@@ -84,7 +84,7 @@ def two_workers(settings: Settings, embed: Any) -> tuple[CacheSteps, CacheSteps]
 
 def test_a_wrong_hit_evicts_its_entry_and_turns_the_tier_off_for_every_worker(
         settings: Settings, embed: Any) -> None:
-    settings = settings.model_copy(update={"cache_audit_share": 1.0})
+    settings = settings.model_copy(update={"cache_audit_share": 1.0, "cache_switch_recheck_s": 0})
     worker_a, worker_b = two_workers(settings, embed)
     # Given an entry whose stored answer the engine no longer gives,
     worker_a.store(message("What is the capital city of France?"), "Lyon")
@@ -134,3 +134,26 @@ def test_an_engine_that_agrees_keeps_the_tier_on(settings: Settings, embed: Any)
     assert (counts.agreed, counts.disagreed, counts.failed) == (5, 0, 0)
     assert worker_b.switches.semantic_enabled("generate")
     audit.close()
+
+
+def test_a_worker_reads_the_switch_once_per_recheck_interval(settings: Settings) -> None:
+    from stores.cache_audit_store import CacheAuditStore
+    from stores.database import get_engine
+
+    # Given two workers' views of the switches, one allowed an hour-old reading,
+    database = get_engine(settings)
+    turner = CacheAuditStore(database, settings.namespace, switch_recheck_s=3600)
+    reader = CacheAuditStore(database, settings.namespace, switch_recheck_s=3600)
+    assert reader.semantic_enabled("classify") and turner.semantic_enabled("classify")
+    # when one turns classify off, it obeys at once, the other within its interval (not yet),
+    turner.set_semantic("classify", False, "test")
+    assert not turner.semantic_enabled("classify")
+    assert reader.semantic_enabled("classify")
+    # and from the re-read that the interval (here the hook) brings on.
+    reader.recheck_switches()
+    assert not reader.semantic_enabled("classify")
+    assert reader.semantic_enabled("generate")
+    # With no interval, every look-up reads PostgreSQL.
+    every_lookup = CacheAuditStore(database, settings.namespace, switch_recheck_s=0)
+    turner.set_semantic("classify", True, "test")
+    assert every_lookup.semantic_enabled("classify")

@@ -66,7 +66,8 @@ class CacheSteps:
         self.redis = get_binary_redis(settings)
         self.keys = RedisKeys(settings.redis_prefix)
         self.exact = ExactCache(self.redis, self.keys, self.registry)
-        self.switches = CacheAuditStore(get_engine(settings), settings.namespace)
+        self.switches = CacheAuditStore(get_engine(settings), settings.namespace,
+                                        settings.cache_switch_recheck_s)
         self.semantic: SemanticCache | None = None
 
     def use_embedder(self, embed: Embedder) -> bool:
@@ -95,8 +96,8 @@ class CacheSteps:
         if spec is None:
             return None
         if (self.semantic is not None and message.task_type != TaskType.EMBED
-                # The switch the live audit (or an operator) sets, read per look-up: every
-                # worker obeys it from its next job on.
+                # The switch the live audit (or an operator) sets, read from PostgreSQL at
+                # most every cache_switch_recheck_s: every worker obeys it within that.
                 and self.switches.semantic_enabled(str(message.task_type))):
             hit = self.semantic.lookup(message, spec)
             if hit is None:

@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from infermq.audit_policy import AuditCounts, answers_agree, breached, picked_for_audit
 from infermq.jobs import JobMessage, TaskType
 from infermq.settings import Settings
+from infermq.tables import job_transitions
+from producer.client import Client, JobHandle
+from stores.cache_audit_store import CacheAuditStore
+from stores.database import get_engine
+from tests.conftest import base_settings
+from tests.support import WorkerProcess, delete_namespace
+from tests.test_coldstart_worker import wait_for_log
 from workers.cache_audit import AUDIT_PRIORITY, CacheAudit
 from workers.cache_steps import CacheSteps
 from workers.engines.base import EngineOutput, EngineRequest
@@ -61,8 +73,9 @@ class StandInEngine:
         return future
 
 
-def message(text: str) -> JobMessage:
-    return JobMessage(job_id=str(uuid.uuid4()), task_type=TaskType.GENERATE, model="smollm2",
+def message(text: str, task_type: TaskType = TaskType.GENERATE, model: str = "smollm2"
+            ) -> JobMessage:
+    return JobMessage(job_id=str(uuid.uuid4()), task_type=task_type, model=model,
                       input=text, priority=5, timeout_s=30, submitted_at=datetime.now(UTC))
 
 
@@ -137,9 +150,6 @@ def test_an_engine_that_agrees_keeps_the_tier_on(settings: Settings, embed: Any)
 
 
 def test_a_worker_reads_the_switch_once_per_recheck_interval(settings: Settings) -> None:
-    from stores.cache_audit_store import CacheAuditStore
-    from stores.database import get_engine
-
     # Given two workers' views of the switches, one allowed an hour-old reading,
     database = get_engine(settings)
     turner = CacheAuditStore(database, settings.namespace, switch_recheck_s=3600)
@@ -157,3 +167,114 @@ def test_a_worker_reads_the_switch_once_per_recheck_interval(settings: Settings)
     every_lookup = CacheAuditStore(database, settings.namespace, switch_recheck_s=0)
     turner.set_semantic("classify", True, "test")
     assert every_lookup.semantic_enabled("classify")
+
+
+AUDIT_REGISTRY = Path(__file__).parent / "data" / "registry_audit.toml"
+WAIT_S = 120
+# 4 of 4 audits wrong is the first count whose interval's lower bound (0.025 ** (1/4) = 0.398)
+# is above this target; 3 of 3 (0.292) is not: the tier must stay on through three.
+TRIP_TARGET = 0.3
+
+
+@pytest.fixture
+def audit_settings(database_schema: str) -> Iterator[Settings]:
+    settings = base_settings(database_schema=database_schema, registry_path=AUDIT_REGISTRY,
+                             cache_switch_recheck_s=0)
+    yield settings
+    delete_namespace(settings)
+
+
+def wait_for_counts(store: CacheAuditStore, task_type: str, model: str,
+                    compared: int) -> AuditCounts:
+    """Waits until the background audits have compared ``compared`` answers in all."""
+    deadline = time.monotonic() + WAIT_S
+    pause = threading.Event()
+    while True:
+        counts = store.counts().get((task_type, model), AuditCounts())
+        if counts.compared >= compared:
+            return counts
+        assert time.monotonic() < deadline, f"audit counts stuck at {counts}"
+        pause.wait(0.1)
+
+
+@pytest.mark.timeout(600)
+def test_two_worker_processes_obey_the_audit_and_the_operator(
+        audit_settings: Settings, embed: Any, start_worker: Callable[..., WorkerProcess],
+        client_for: Callable[[Settings], Client]) -> None:
+    """Worker A audits every semantic hit; worker B (its own model, audits off) only obeys."""
+    settings_a = audit_settings.model_copy(update={"cache_audit_share": 1.0,
+                                                   "cache_audit_target": TRIP_TARGET})
+    settings_b = audit_settings.model_copy(update={"cache_audit_share": 0.0})
+    workers = [start_worker(settings_a, ["minilm", "scripted"]),
+               start_worker(settings_b, ["minilm", "scripted-b"])]
+    for worker in workers:
+        wait_for_log(worker, "semantic cache tier on")
+    client = client_for(audit_settings)
+    # The test writes the entries the workers then serve: a wrong one (the engine echoes the
+    # asked text, never "wrong answer ..."), or one the engine gives too (classify's "test").
+    seeder = CacheSteps(audit_settings)
+    assert seeder.use_embedder(embed)
+    store = CacheAuditStore(get_engine(audit_settings), audit_settings.namespace)
+    handles: list[JobHandle] = []
+
+    def ask(task_type: str, text: str, model: str) -> Any:
+        handle = client.submit(task_type, text, model=model)
+        handles.append(handle)
+        return handle.result(timeout_s=WAIT_S)
+
+    # B serves semantic hits for generate while the tier is on.
+    seeder.store(message("How many legs does a spider have?", model="scripted-b"), "eight")
+    assert ask("generate", "how many legs do spiders have", "scripted-b").cache == "semantic"
+
+    # An engine that gives the cached answer (classify's label is always "test", and the
+    # worker cached it): the audits agree, the tier stays on.
+    classify_pairs = [("I want a refund for my broken kettle", "please refund my broken kettle"),
+                      ("Cancel my subscription", "please cancel my subscription"),
+                      ("How do I reset my password?", "how can I reset my password")]
+    for i, (stored, asked) in enumerate(classify_pairs, start=1):
+        assert ask("classify", stored, "scripted").cache == "miss"
+        assert ask("classify", asked, "scripted").cache == "semantic"
+        counts = wait_for_counts(store, "classify", "scripted", i)
+        assert (counts.agreed, counts.disagreed) == (i, 0)
+    assert "classify" not in store.disabled()
+
+    # An engine that answers otherwise than the cache: each audit counts one more wrong hit
+    # and evicts its entry; the tier stays on until the lower bound passes the target.
+    generate_pairs = [("What is the capital city of France?", "what's the capital of France"),
+                      ("Who wrote the play Hamlet?", "who is the author of hamlet"),
+                      ("What is the boiling point of water?",
+                       "what temperature does water boil at"),
+                      ("Who painted the Mona Lisa?", "who was the painter of the mona lisa")]
+    for i, (stored, asked) in enumerate(generate_pairs, start=1):
+        seeder.store(message(stored, model="scripted"), f"wrong answer {i}")
+        served = ask("generate", asked, "scripted")
+        assert served.cache == "semantic" and served.output == f"wrong answer {i}"
+        counts = wait_for_counts(store, "generate", "scripted", i)
+        assert (counts.agreed, counts.disagreed, counts.failed, counts.starved) == (0, i, 0, 0)
+        if i < len(generate_pairs):
+            assert "generate" not in store.disabled()
+            # The wrong entry went at once: asked again, the engine answers.
+            again = ask("generate", asked, "scripted")
+            assert again.cache == "miss" and again.output == asked
+    assert "generate" in store.disabled()
+
+    # The other worker process now serves generate from the exact tier only,
+    seeder.store(message("What colour is the sky on a clear day?", model="scripted-b"), "blue")
+    assert ask("generate", "what color is the sky on a clear day", "scripted-b").cache == "miss"
+    # until an operator turns the tier back on with the real CLI.
+    enabled = subprocess.run([sys.executable, "-m", "infermq.cli", "cache", "enable", "generate"],
+                             env=audit_settings.as_env() | {"PATH": "/usr/bin:/bin"},
+                             capture_output=True, text=True, timeout=120)
+    assert enabled.returncode == 0, enabled.stderr
+    assert ask("generate", "on a clear day, what colour is the sky", "scripted-b").cache == (
+        "semantic")
+
+    # No user job lost or answered twice: each handle answered, one done transition each.
+    ids = [handle.id for handle in handles]
+    with get_engine(audit_settings).connect() as connection:
+        done: dict[str, int] = dict(connection.execute(
+            sa.select(job_transitions.c.job_id, sa.func.count())
+            .where(job_transitions.c.job_id.in_(ids), job_transitions.c.status == "done")
+            .group_by(job_transitions.c.job_id)).all())
+    assert len(ids) == len(set(ids)) == 16
+    assert done == dict.fromkeys(ids, 1)

@@ -42,6 +42,7 @@ class FlowerProcess:
     process: subprocess.Popen[bytes]
     base_url: str
     log_path: Path
+    deadline_s: float = DEADLINE_S
 
     def get(self, path: str, **params: str) -> Any:
         """One authenticated API call; None while Flower is not answering yet."""
@@ -55,39 +56,39 @@ class FlowerProcess:
 
     def poll(self, path: str, until: Callable[[Any], bool], what: str,
              **params: str) -> Any:
-        """Calls ``path`` until ``until(answer)`` holds; fails after ``DEADLINE_S``."""
-        deadline = time.monotonic() + DEADLINE_S
+        """Calls ``path`` until ``until(answer)`` holds; fails after ``deadline_s``."""
+        deadline = time.monotonic() + self.deadline_s
         answer: Any = None
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"Flower exited with {self.process.returncode}:\n{self.log()}")
+            self.fail_if_exited()
             answer = self.get(path, **params)
             if answer is not None and until(answer):
                 return answer
             time.sleep(0.2)
-        pytest.fail(f"Flower did not show {what} within {DEADLINE_S} s; last answer of "
+        pytest.fail(f"Flower did not show {what} within {self.deadline_s} s; last answer of "
                     f"{path}: {answer!r}\nFlower log:\n{self.log()}")
+
+    def fail_if_exited(self) -> None:
+        if self.process.poll() is not None:
+            pytest.fail(f"Flower exited with {self.process.returncode}:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
 
-@pytest.fixture
-def flower(echo_settings: Settings, tmp_path: Path) -> Iterator[FlowerProcess]:
-    """``infermq flower`` on a free loopback port, answering its API once it is up."""
+@contextlib.contextmanager
+def running_flower(settings: Settings, log_path: Path, *options: str,
+                   deadline_s: float = DEADLINE_S) -> Iterator[FlowerProcess]:
+    """``infermq flower`` on a free loopback port with ``options``; stopped on exit."""
     port = free_port()
-    log_path = tmp_path / "flower.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "infermq.cli", "flower", f"--port={port}",
-             f"--basic-auth={FLOWER_USER}:{FLOWER_PASSWORD}"],
-            env=settings_env(echo_settings), stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "infermq.cli", "flower", f"--port={port}", *options],
+            env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    flower = FlowerProcess(process, f"http://127.0.0.1:{port}", log_path)
     try:
-        flower.poll("/api/workers", lambda answer: isinstance(answer, dict), "its API")
-        yield flower
+        yield FlowerProcess(process, f"http://127.0.0.1:{port}", log_path, deadline_s)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -96,6 +97,15 @@ def flower(echo_settings: Settings, tmp_path: Path) -> Iterator[FlowerProcess]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=15)
+
+
+@pytest.fixture
+def flower(echo_settings: Settings, tmp_path: Path) -> Iterator[FlowerProcess]:
+    """``infermq flower`` with basic auth, answering its API once it is up."""
+    with running_flower(echo_settings, tmp_path / "flower.log",
+                        f"--basic-auth={FLOWER_USER}:{FLOWER_PASSWORD}") as flower:
+        flower.poll("/api/workers", lambda answer: isinstance(answer, dict), "its API")
+        yield flower
 
 
 def worker_node_prefix(worker: WorkerProcess) -> str:

@@ -1,5 +1,6 @@
-"""Flower as a new user meets it: default settings, Flower and a worker started together, one job
-submitted at once, then Flower's Workers and Tasks pages opened in headless Chromium.
+"""Flower as a new user meets it: default settings, a worker started before, with or after
+Flower, one job submitted at once, then Flower's Workers and Tasks pages opened in headless
+Chromium.
 
 Task events are on by default (``Settings.task_events``), so the worker's first job is seen.
 Chromium is Debian's ``chromium`` (``.ci/run`` installs it when missing).
@@ -8,24 +9,22 @@ Chromium is Debian's ``chromium`` (``.ci/run`` installs it when missing).
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
+import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
+from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from infermq.keys import RUN_JOB_TASK
 from infermq.settings import Settings
 from producer.client import Client
-from tests.support import WorkerProcess, settings_env
-from tests.test_flower import free_port, worker_node_prefix
+from tests.support import WorkerProcess
+from tests.test_coldstart_worker import wait_for_log
+from tests.test_flower import FlowerProcess, running_flower, worker_node_prefix
 
 DEADLINE_S = 60.0
 INSTALL_HINT = ("chromium is missing: `apt-get install -y --no-install-recommends chromium` "
@@ -46,96 +45,126 @@ def rendered_dom(url: str, tmp_path: Path) -> str:
     return done.stdout
 
 
-def poll_json(url: str, until: Callable[[Any], bool], what: str, process: subprocess.Popen[bytes],
-              log_path: Path, **params: str) -> Any:
-    deadline = time.monotonic() + DEADLINE_S
-    answer: Any = None
+class TableRows(HTMLParser):
+    """The rows of a rendered table as {column: cell text}, the columns named by the
+    ``data-column`` of its header cells (as Flower's tasks table names them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.columns: list[str] = []
+        self.rows: list[dict[str, str]] = []
+        self._cells: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "th":
+            self.columns.append(dict(attrs).get("data-column") or "")
+        elif tag == "tr":
+            self._cells = []
+        elif tag == "td" and self._cells is not None:
+            self._cells.append("")
+
+    def handle_data(self, data: str) -> None:
+        if self._cells:
+            self._cells[-1] += data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "tr" and self._cells:
+            self.rows.append(dict(zip(self.columns, (c.strip() for c in self._cells),
+                                      strict=False)))
+            self._cells = None
+
+
+def poll_rendered(url: str, until: Callable[[str], bool], what: str, flower: FlowerProcess,
+                  tmp_path: Path) -> str:
+    """Renders ``url`` until ``until(dom)`` holds; fails after ``DEADLINE_S``."""
+    deadline, dom = time.monotonic() + DEADLINE_S, ""
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"Flower exited with {process.returncode}:\n{log_path.read_text()}")
-        with contextlib.suppress(httpx.TransportError):
-            response = httpx.get(url, params=params, timeout=5.0)
-            response.raise_for_status()
-            answer = response.json()
-            if until(answer):
-                return answer
-        time.sleep(0.2)
-    pytest.fail(f"Flower did not show {what} within {DEADLINE_S} s; last answer: {answer!r}\n"
-                f"Flower log:\n{log_path.read_text(errors='replace')}")
+        flower.fail_if_exited()
+        dom = rendered_dom(url, tmp_path)
+        if until(dom):
+            return dom
+    pytest.fail(f"Flower's page {url} did not show {what} within {DEADLINE_S} s; it ended "
+                f"with:\n{dom[-3000:]}\nFlower log:\n{flower.log()}")
+
+
+def task_row(dom: str, job_id: str) -> dict[str, str] | None:
+    table = TableRows()
+    table.feed(dom)
+    # The uuid cell holds the full id and its short form, each in a span of its own.
+    return next((row for row in table.rows if row.get("uuid", "").startswith(job_id)), None)
+
+
+def wait_until_ready(worker: WorkerProcess) -> None:
+    """Celery logs ``<node>@<host> ready.`` once the worker consumes its queues."""
+    wait_for_log(worker, f"{worker_node_prefix(worker)}{socket.gethostname()} ready.")
 
 
 @pytest.fixture
-def flower_default(
-    echo_settings: Settings, tmp_path: Path
-) -> Iterator[tuple[str, Callable[..., Any]]]:
-    """``infermq flower`` exactly as documented: loopback, no options but the port."""
-    port = free_port()
-    log_path = tmp_path / "flower.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "infermq.cli", "flower", f"--port={port}"],
-            env=settings_env(echo_settings), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base_url = f"http://127.0.0.1:{port}"
+def start_flower(echo_settings: Settings,
+                 tmp_path: Path) -> Iterator[Callable[[], FlowerProcess]]:
+    """``infermq flower`` exactly as documented (loopback, no options but the port), started
+    when the test asks, answering its pages; stopped at the end."""
+    with contextlib.ExitStack() as stack:
 
-    def poll(path: str, until: Callable[[Any], bool], what: str, **params: str) -> Any:
-        return poll_json(base_url + path, until, what, process, log_path, **params)
+        def start() -> FlowerProcess:
+            flower = stack.enter_context(
+                running_flower(echo_settings, tmp_path / "flower.log", deadline_s=DEADLINE_S))
+            # Flower's /api needs authentication by default: the gates read what its own
+            # pages load.
+            flower.poll("/workers", lambda answer: isinstance(answer, dict), "its pages",
+                        json="1")
+            return flower
 
-    try:
-        yield base_url, poll
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=15)
+        yield start
 
 
+@pytest.mark.parametrize("start_order", ["worker_first", "together", "flower_first"])
 def test_flower_pages_show_the_worker_and_its_first_job_with_default_settings(
+    start_order: str,
     echo_settings: Settings,
-    flower_default: tuple[str, Callable[..., Any]],
+    start_flower: Callable[[], FlowerProcess],
     start_worker: Callable[..., WorkerProcess],
     client_for: Callable[[Settings], Client],
     tmp_path: Path,
 ) -> None:
-    # Given Flower and a worker started together, with the default settings
+    # Given a worker started before, with or after Flower, with the default settings
     assert echo_settings.task_events is True
-    base_url, poll = flower_default
-    worker = start_worker(echo_settings, ["echo"])
-    node = worker_node_prefix(worker)
-
-    def ours(names: Any) -> list[str]:
-        return [name for name in names if str(name).startswith(node)]
-
-    # Flower is up once its event receiver hears the worker (its receiver asks every worker for
-    # a heartbeat when it starts consuming, so the start order does not matter). Flower's /api
-    # needs authentication by default: the gates read what its own pages load.
-    poll("/workers", lambda answer: any(w.get("status") for w in answer["data"]
-                                        if str(w.get("hostname")).startswith(node)),
-         f"worker {node}* alive", json="1")
+    client = client_for(echo_settings)
+    if start_order == "worker_first":
+        # (up and idle, then Flower starts; the job goes as soon as Flower answers)
+        worker = start_worker(echo_settings, ["echo"])
+        wait_until_ready(worker)
+        flower = start_flower()
+    elif start_order == "flower_first":
+        # (the job goes as soon as the worker is ready)
+        flower = start_flower()
+        worker = start_worker(echo_settings, ["echo"])
+        wait_until_ready(worker)
+    else:
+        # (the job goes once Flower hears the worker: its receiver asks every worker for a
+        # heartbeat when it starts consuming)
+        worker = start_worker(echo_settings, ["echo"])
+        flower = start_flower()
+        node = worker_node_prefix(worker)
+        flower.poll("/workers", lambda answer: any(
+            w.get("status") for w in answer["data"] if str(w.get("hostname")).startswith(node)),
+            f"worker {node}* alive", json="1")
 
     # When one job is submitted at once and finishes
-    client = client_for(echo_settings)
     job = client.submit("classify", "is my first job in flower?")
     assert job.result(timeout_s=60).status == "done"
 
-    def succeeded(answer: Any) -> bool:
-        return any(t.get("uuid") == job.id and t.get("state") == "SUCCESS"
-                   for t in answer["data"])
-
-    poll("/tasks/datatable", succeeded, f"task {job.id} succeeded",
-         **{"draw": "1", "start": "0", "length": "100", "search[value]": job.id,
-            "order[0][column]": "0", "columns[0][data]": "name", "order[0][dir]": "asc"})
-
-    # Then the Workers page lists the worker and the Tasks page the finished job, as rendered
-    workers_page = rendered_dom(f"{base_url}/workers", tmp_path)
-    assert node in workers_page, workers_page[-2000:]
-    tasks_page = rendered_dom(f"{base_url}/tasks", tmp_path)
-    assert job.id in tasks_page, tasks_page[-2000:]
-    row = tasks_page[tasks_page.index(job.id) - 2000: tasks_page.index(job.id) + 2000]
-    assert RUN_JOB_TASK in row
-    assert "SUCCESS" in row
-    assert node in row
+    # Then the Workers page lists the worker and the Tasks page the finished job (name, state,
+    # runtime, worker), as rendered
+    node = worker_node_prefix(worker)
+    poll_rendered(f"{flower.base_url}/workers", lambda dom: node in dom, f"worker {node}*",
+                  flower, tmp_path)
+    tasks_page = poll_rendered(
+        f"{flower.base_url}/tasks",
+        lambda dom: (task_row(dom, job.id) or {}).get("state") == "SUCCESS",
+        f"task {job.id} succeeded", flower, tmp_path)
+    row = task_row(tasks_page, job.id)
+    assert row is not None
+    assert row["name"] == RUN_JOB_TASK
+    assert row["runtime"], row
+    assert row["worker"].startswith(node), row

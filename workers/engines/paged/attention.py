@@ -26,7 +26,10 @@ try:
 except ImportError:  # the CPU image: the fallback serves
     triton = None
 
-TOKENS_PER_ITERATION = 64  # keys a program scores at once (a multiple of the block size)
+# keys a program scores at once (a multiple of the block size) and its warps: the fastest of
+# 32/64/128 x 2/4/8 on the H200 (bench/results/paged-attention-h200.txt)
+TOKENS_PER_ITERATION = 64
+NUM_WARPS = 2
 
 
 def paged_decode_sdpa(q: torch.Tensor, k_arena: torch.Tensor, v_arena: torch.Tensor,
@@ -88,7 +91,7 @@ if triton is not None:
 def paged_decode_triton(q: torch.Tensor, k_arena: torch.Tensor, v_arena: torch.Tensor,
                         tables: torch.Tensor, lengths: torch.Tensor, block_size: int,
                         scale: float, tokens_per_iteration: int = TOKENS_PER_ITERATION,
-                        num_warps: int = 4) -> torch.Tensor:
+                        num_warps: int = NUM_WARPS) -> torch.Tensor:
     """As ``paged_decode_sdpa``, by the Triton kernel (CUDA; arenas contiguous)."""
     rows, heads, dim = q.shape
     kv_heads = k_arena.shape[1]

@@ -306,7 +306,14 @@ def bench_shape(name: str, source: str, models_dir: Path, kv_mib: int, uniform_n
     workloads = {"uniform": make_jobs(tokenizer, uniform_n, False),
                  "mixed": make_jobs(tokenizer, mixed_n, True)}
     profile_step(paged, None)
-    offline_results = {w: offline(paged, jobs) for w, jobs in workloads.items()}
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    offline_results = {"uniform": profiler.runcall(offline, paged, workloads["uniform"]),
+                       "mixed": offline(paged, workloads["mixed"])}
+    print("  where the engine core's offline uniform run spends its time (cProfile, one thread):")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(14)
     paged_results = {w: through_batcher(paged, jobs, 2 * BATCH)[0]
                      for w, jobs in workloads.items()}
     paged_urgent = urgent_probe(paged, workloads["mixed"])

@@ -220,15 +220,13 @@ class PagedModel:
         tokens, slots = tokens.to(self.device), slots.to(self.device)
         positions = torch.arange(t, device=self.device).expand(p, t)
         length = torch.tensor(lengths, device=self.device)
-        keys = torch.arange(t, device=self.device)
-        # causal, within the row's length; a padding query sees key 0 so it stays finite
-        mask = (keys[None, None, :] <= keys[None, :, None]) & (
-            keys[None, None, :] < length[:, None, None])
-        mask = mask.unsqueeze(1)
+        # Rows are right-padded, so plain causal attention is each real token's own causal
+        # attention within its row (a padding query sees real keys too, stays finite, and its
+        # output is never read); no mask lets SDPA take its flash kernel.
 
         def attend(_: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             return F.scaled_dot_product_attention(
-                q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=self.scale,
+                q, k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.scale,
                 enable_gqa=self.kv_heads != self.heads)
 
         hidden = self.forward(tokens, positions, slots.view(-1), attend)

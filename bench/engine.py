@@ -24,11 +24,13 @@ On the H200 (device tool; the pydantic wheels installed, this tree copied to ``.
 
     cd .i16 && PYTHONPATH=. python -u bench/engine.py --models-dir .models
 
-Measured there (bench/results/engine-h200.txt, GPT-2-medium shape; the SmolLM2-1.7B rows did
-not finish inside the 550 s the run was given): mixed 5,021 vs 1,039 tok/s static (4.83x),
-uniform 11,537 vs 19,511 (0.59x, a loss), 5-7 % of the memory-bound limit; priority-9 TTFT
-39-133 ms into a full priority-0 load (static up to 44 s). The profile puts 40-44 % of a decode
-step in the per-layer KV gather and 30-35 % in SDPA over the padded copy.
+Measured there (bench/results/engine-h200.txt and .png, both shapes in one 410 s run, Triton
+paged decode): uniform paged 21,833 vs static 21,161 tok/s (GPT-2-medium, 13 % of the limit)
+and 10,988 vs 11,329 (SmolLM2-1.7B, 15 %); mixed 20,399 vs 942 (21.7x) and 9,596 vs 4,851
+(1.98x); priority-9 TTFT 18-106 ms, 16-17 steps submit to done. The 50 %-of-limit goal is
+missed: a decode graph at 256 rows is 2.5 ms (GPT-2) / 6.7 ms (SmolLM2), half or more of it the
+attention kernel, and the engine core's own prefill and Python bookkeeping take about half of
+an offline run (the cProfile printed).
 
 Imports torch, transformers and infermq's engine core only (the contracts need pydantic).
 """

@@ -12,7 +12,9 @@ owns.
 * ``decode`` runs one token per row. Its inputs live in fixed buffers per batch-size bucket
   and block-count bucket (tokens, positions, slot of the new token, block tables, lengths), so
   on CUDA each bucket's step is one CUDA graph; the new KV is written with ``index_copy_`` and
-  attention is SDPA over the row's blocks gathered into a padded ``[B, H, L, D]`` view.
+  attention reads the arena through the block tables (``attention.py``: a Triton kernel on
+  CUDA, ``decode_kernel = "triton"``; SDPA over the row's blocks gathered into a padded copy
+  elsewhere, ``"sdpa"``).
 * ``sample`` is vectorised over the batch: argmax for greedy rows; sampled rows take the
   Gumbel-max of their top-p-filtered, temperature-scaled logits with noise hashed from the
   row's own seed and step, so a seeded row never depends on its neighbours.
@@ -27,6 +29,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from workers.engines.paged.attention import decode_attention, triton_available
 
 SAMPLING_FLOOR_TEMPERATURE = 1e-5
 
@@ -66,7 +70,7 @@ class PagedModel:
     """A GPT-2 or Llama-shaped causal LM's weights, and its forward over a paged KV arena."""
 
     def __init__(self, hf_model: Any, num_blocks: int, block_size: int,
-                 max_model_len: int | None = None) -> None:
+                 max_model_len: int | None = None, decode_kernel: str = "auto") -> None:
         config = hf_model.config
         # Inference only: weights that require grad would make every arena write record
         # autograd history (a capture outside inference mode kept each run's tensors alive).
@@ -89,6 +93,9 @@ class PagedModel:
         self.k_arena = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v_arena = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.scale = 1.0 / math.sqrt(self.head_dim)
+        if decode_kernel == "auto":
+            decode_kernel = "triton" if triton_available(self.device) else "sdpa"
+        self.decode_kernel = decode_kernel
         # every bucket's graph shares one memory pool: they replay one at a time
         self.graph_pool = torch.cuda.graph_pool_handle() if self.device.type == "cuda" else None
 
@@ -213,15 +220,13 @@ class PagedModel:
         tokens, slots = tokens.to(self.device), slots.to(self.device)
         positions = torch.arange(t, device=self.device).expand(p, t)
         length = torch.tensor(lengths, device=self.device)
-        keys = torch.arange(t, device=self.device)
-        # causal, within the row's length; a padding query sees key 0 so it stays finite
-        mask = (keys[None, None, :] <= keys[None, :, None]) & (
-            keys[None, None, :] < length[:, None, None])
-        mask = mask.unsqueeze(1)
+        # Rows are right-padded, so plain causal attention is each real token's own causal
+        # attention within its row (a padding query sees real keys too, stays finite, and its
+        # output is never read); no mask lets SDPA take its flash kernel.
 
         def attend(_: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             return F.scaled_dot_product_attention(
-                q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=self.scale,
+                q, k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.scale,
                 enable_gqa=self.kv_heads != self.heads)
 
         hidden = self.forward(tokens, positions, slots.view(-1), attend)
@@ -241,8 +246,6 @@ class DecodeStep:
         self.tables = torch.full((rows, blocks), model.num_blocks, dtype=torch.long,
                                  device=device)
         self.lengths = torch.ones(rows, dtype=torch.long, device=device)
-        self.offsets = torch.arange(model.block_size, device=device)
-        self.keys = torch.arange(blocks * model.block_size, device=device)
         self.logits: torch.Tensor | None = None
         self.greedy: torch.Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -251,19 +254,12 @@ class DecodeStep:
 
     def _run(self) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.model
-        # the rows' slots in order; unused table entries point past the arena, clamped to
-        # the dump slot and masked by length
-        gather = (self.tables[:, :, None] * m.block_size + self.offsets).view(self.rows, -1)
-        gather = gather.clamp(max=m.dump_slot)
-        mask = (self.keys[None, :] < self.lengths[:, None])[:, None, None, :]
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                    ) -> torch.Tensor:
-            keys = m.k_arena[layer][gather].transpose(1, 2)  # [B, Hkv, L, D]
-            values = m.v_arena[layer][gather].transpose(1, 2)
-            return F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, scale=m.scale,
-                enable_gqa=m.kv_heads != m.heads)
+            out = decode_attention(q[:, :, 0], m.k_arena[layer], m.v_arena[layer], self.tables,
+                                   self.lengths, m.block_size, m.scale, m.decode_kernel)
+            return out[:, :, None]
 
         hidden = m.forward(self.tokens[:, None], self.positions[:, None], self.slots, attend)
         logits = m.logits(hidden[:, 0])

@@ -91,6 +91,10 @@ def low_band_step(band: LowBand) -> type[bootsteps.ConsumerStep]:
     class LowBandStep(bootsteps.ConsumerStep):
         """Consumes the worker's low bands on a channel of their own."""
 
+        # After Celery's task consumer: its start fills the task strategies that the handler
+        # looks messages up in (a message that came before would be an unknown task).
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
         def get_consumers(self, channel: Any) -> list[KombuConsumer]:
             return [band.open(channel, self.parent)]
 

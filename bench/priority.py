@@ -169,6 +169,14 @@ class Sustained:
     high_per_s: float
 
 
+def single_queue_client(settings: Settings) -> Client:
+    """A client that publishes as before the bands: every priority into the model's priority
+    queue (a topology without low bands), the baseline of the fairness figures."""
+    client = Client(settings)
+    client.topology = replace(client.topology, low_bands={})
+    return client
+
+
 def run_sustained(settings: Settings, client: Client, args: argparse.Namespace, bands: bool,
                   workdir: Path) -> Sustained:
     """One run of the "sustained p9 + one p0" case (see the module's docstring)."""
@@ -179,10 +187,7 @@ def run_sustained(settings: Settings, client: Client, args: argparse.Namespace, 
     worker = start_process(
         [sys.executable, "-m", "infermq.cli", "worker", "--models=noop", f"--slots={args.slots}",
          "--loglevel=WARNING"], settings_env(settings), workdir / f"worker-{tag}.log")
-    # Today's layout: the priority-0 job goes into the priority queue with the others.
-    low_client = client if bands else Client(settings)
-    if not bands:
-        low_client.topology = replace(client.topology, low_bands={})
+    low_client = client if bands else single_queue_client(settings)
     try:
         quarter = args.sustained // 4
         wait_until(lambda: queue_depth(settings, queue) <= args.sustained - quarter, 120,

@@ -11,14 +11,13 @@ import time
 from collections.abc import Callable
 
 import pytest
-import redis
 from sqlalchemy import select
 
-from infermq.keys import RedisKeys
 from infermq.settings import Settings
 from infermq.tables import job_transitions
 from producer.client import Client
 from tests.support import WorkerProcess, queue_depth
+from tests.test_lose_nothing import open_gate, wait_at_gate
 
 SLOTS = 2
 BACKLOG = 3 * SLOTS
@@ -38,13 +37,11 @@ def test_priority_0_job_finishes_while_every_slot_serves_priority_9(
     echo_settings: Settings,
     start_worker: Callable[..., WorkerProcess],
     client_for: Callable[[Settings], Client],
-    redis_client: redis.Redis,
 ) -> None:
     # Given a worker (2 high-band slots, 1 low-band slot) whose every slot holds a priority-9
     # job at the engine's gate, with more priority-9 jobs ready in the queue throughout
     settings = echo_settings.model_copy(update={"worker_low_slots": 1})
     client = client_for(settings)
-    keys = RedisKeys(settings.redis_prefix)
     high_queue = client.topology.queue_for("embed", "echo", 9).name
     submitted = 0
 
@@ -56,7 +53,7 @@ def test_priority_0_job_finishes_while_every_slot_serves_priority_9(
     for _ in range(SLOTS + BACKLOG):
         submit_high()
     start_worker(settings, ["echo"], slots=SLOTS)
-    assert redis_client.blpop([keys.test_gate_entered("hot")], timeout=120) is not None
+    wait_at_gate(settings, "hot")
 
     # When a priority-0 job is submitted and reaches the worker while the engine is held
     low = client.submit("embed", "cold p0", priority=0)
@@ -72,10 +69,9 @@ def test_priority_0_job_finishes_while_every_slot_serves_priority_9(
         assert rounds < MAX_ROUNDS, f"the priority-0 job waited past {rounds} priority-9 jobs"
         submit_high()
         assert queue_depth(settings, high_queue) > 0  # the load is sustained
-        redis_client.rpush(keys.test_gate("hot"), b"go")
+        open_gate(settings, "hot")
         rounds += 1
-        entered = redis_client.blpop([keys.test_gate_entered("hot")], timeout=60)
-        assert entered is not None, "no priority-9 job reached the engine"
+        wait_at_gate(settings, "hot")
 
     # Then it finished with priority-9 jobs still ready and every slot busy, within the bound:
     # the batch running when it arrived, and one batch ahead of it (the engine batches all the
@@ -92,4 +88,4 @@ def test_priority_0_job_finishes_while_every_slot_serves_priority_9(
     assert high_before_low <= 2 * SLOTS, done
     assert low.result(timeout_s=30).output is not None
     # Release what is still held, so the worker stops quickly.
-    redis_client.rpush(keys.test_gate("hot"), *[b"go"] * (submitted + SLOTS))
+    open_gate(settings, "hot", times=submitted + SLOTS)

@@ -18,6 +18,15 @@ done is purged, so a run stays short::
     python bench/priority.py                       # backlogs of 1,000 and 10,000
     python bench/priority.py --backlogs 1000 --highs 20
 
+A second case, "sustained p9 + one p0" (issue 15, item 2; ``--sustained`` N, 0 skips it): N
+priority-9 jobs are submitted, the worker starts, and once it has eaten a quarter of them one
+priority-0 job is submitted (with ``--lows`` more behind it); the figures are how many
+priority-9 jobs committed ``done`` between its submit and its own ``done`` (the order of the
+``done`` transitions in PostgreSQL), its wait, and the priority-9 throughput meanwhile. "today"
+publishes the priority-0 job into the model's priority queue (a topology without low bands: the
+single queue of before); "bands" through the product, to ``<queue>.low``, consumed on the
+worker's second channel (workers/low_band.py). Saves bench/out/priority_sustained.png too.
+
 Prints a table with the ratios and saves bench/out/priority.png. Cleans up its queues, Redis
 keys and PostgreSQL schema (``bench/pipeline_overhead.py`` provides the isolation).
 """
@@ -33,7 +42,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pika
@@ -44,13 +53,16 @@ from pipeline_overhead import (
     start_process,
     stop_worker,
 )
+from sqlalchemy import func, select
 
 from infermq.keys import QueueNames
 from infermq.settings import Settings
+from infermq.tables import job_transitions
 from producer.client import Client
 
 OUT = Path(__file__).parent / "out"
 HIGH, LOW, EQUAL = 9, 1, 5
+THROUGHPUT_JOBS = 500
 
 
 @dataclass
@@ -149,6 +161,108 @@ def run_scenario(settings: Settings, client: Client, args: argparse.Namespace, b
     return scenario
 
 
+@dataclass
+class Sustained:
+    design: str
+    high_done_before_low: int
+    low_wait_s: float
+    high_per_s: float
+
+
+def single_queue_client(settings: Settings) -> Client:
+    """A client that publishes as before the bands: every priority into the model's priority
+    queue (a topology without low bands), the baseline of the fairness figures."""
+    client = Client(settings)
+    client.topology = replace(client.topology, low_bands={})
+    return client
+
+
+def run_sustained(settings: Settings, client: Client, args: argparse.Namespace, bands: bool,
+                  workdir: Path) -> Sustained:
+    """One run of the "sustained p9 + one p0" case (see the module's docstring)."""
+    queue = QueueNames(settings.namespace).for_model("embed", "noop")
+    tag = uuid.uuid4().hex[:6]
+    design = "bands" if bands else "today"
+    submit_backlog(client, args.sustained, HIGH, tag, args.submit_threads)
+    worker = start_process(
+        [sys.executable, "-m", "infermq.cli", "worker", "--models=noop", f"--slots={args.slots}",
+         "--loglevel=WARNING"], settings_env(settings), workdir / f"worker-{tag}.log")
+    low_client = client if bands else single_queue_client(settings)
+    try:
+        quarter = args.sustained // 4
+        wait_until(lambda: queue_depth(settings, queue) <= args.sustained - quarter, 120,
+                   f"the worker eating {quarter} jobs (log: {workdir})")
+        with client.engine.connect() as connection:
+            mark = connection.execute(select(func.max(job_transitions.c.id))).scalar() or 0
+        began = time.perf_counter()
+        low = low_client.submit("embed", f"starved {tag}", priority=0)
+        low_ids = {low.id, *(low_client.submit("embed", f"starved {tag} {i}", priority=0).id
+                             for i in range(args.lows))}
+        low.result(timeout_s=args.timeout_s)
+        low_wait_s = time.perf_counter() - began
+        # Priority-9 throughput is read over THROUGHPUT_JOBS of them after the submit.
+        wait_until(lambda: queue_depth(settings, queue)
+                   <= args.sustained - quarter - THROUGHPUT_JOBS - args.slots, 300,
+                   f"{THROUGHPUT_JOBS} more priority-9 jobs done (log: {workdir})")
+    finally:
+        stop_worker(worker)
+        purge(settings, queue)
+        purge(settings, QueueNames.low_band(queue))
+        if low_client is not client:
+            low_client.close()
+    with client.engine.connect() as connection:
+        rows = connection.execute(
+            select(job_transitions.c.job_id, job_transitions.c.at)
+            .where(job_transitions.c.status == "done", job_transitions.c.id > mark)
+            .order_by(job_transitions.c.id)).all()
+    ids = [job_id for job_id, _ in rows]
+    # The priority-9 jobs done before it (the other priority-0 jobs not counted).
+    position = len([job_id for job_id in ids[:ids.index(low.id)] if job_id not in low_ids])
+    high = [at for job_id, at in rows if job_id not in low_ids][:THROUGHPUT_JOBS]
+    window_s = max(1e-9, (high[-1] - high[0]).total_seconds())
+    result = Sustained(design, position, low_wait_s, (len(high) - 1) / window_s)
+    with client.engine.begin() as connection:
+        connection.execute(job_transitions.delete())
+    print(f"  {design:6} sustained {args.sustained}: {position} priority-9 jobs done before the "
+          f"priority-0 job (wait {low_wait_s:.2f} s, p9 {result.high_per_s:.0f} jobs/s)",
+          flush=True)
+    return result
+
+
+def print_sustained(runs: list[Sustained], args: argparse.Namespace) -> None:
+    print(f"\nsustained priority-9 load ({args.sustained} queued, the worker with {args.slots} "
+          f"slots on the noop engine) and one priority-0 job (+{args.lows} behind it)\n")
+    print(f"{'design':7} {'p9 done before p0':>18} {'p0 wait s':>10} {'p9 jobs/s':>10}")
+    for r in runs:
+        print(f"{r.design:7} {r.high_done_before_low:18d} {r.low_wait_s:10.2f} "
+              f"{r.high_per_s:10.0f}")
+    by = {r.design: r for r in runs}
+    today, bands = by["today"], by["bands"]
+    print(f"\nbands / today: p9 done before p0 "
+          f"{bands.high_done_before_low / max(1, today.high_done_before_low):.4f}x, p0 wait "
+          f"{bands.low_wait_s / today.low_wait_s:.3f}x, p9 throughput "
+          f"{bands.high_per_s / today.high_per_s:.2f}x")
+
+
+def plot_sustained(runs: list[Sustained], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (done, rate) = plt.subplots(1, 2, figsize=(8, 4))
+    labels = [r.design for r in runs]
+    done.bar(labels, [r.high_done_before_low for r in runs], color="#d62728")
+    done.set_ylabel("priority-9 jobs done before the priority-0 job")
+    rate.bar(labels, [r.high_per_s for r in runs], color="#1f77b4")
+    rate.set_ylabel("priority-9 jobs/s meanwhile")
+    figure.suptitle("One priority-0 job under sustained priority-9 load")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    print(f"\nplot saved to {path}")
+
+
 def print_table(scenarios: list[Scenario], args: argparse.Namespace) -> None:
     print(f"\nwait of {args.highs} high-priority jobs (submit to result), worker with "
           f"{args.slots} slots on the noop engine\n")
@@ -206,22 +320,35 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=0.0)
     parser.add_argument("--submit-threads", type=int, default=8)
     parser.add_argument("--timeout-s", type=float, default=600.0)
+    parser.add_argument("--task-events", action="store_true")
+    parser.add_argument("--sustained", type=int, default=2000,
+                        help="priority-9 jobs of the sustained case; 0 skips it")
+    parser.add_argument("--lows", type=int, default=0,
+                        help="more priority-0 jobs behind the measured one")
     parser.add_argument("--out", type=Path, default=OUT / "priority.png")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="priority-bench-"))
     scenarios: list[Scenario] = []
+    sustained: list[Sustained] = []
     with bench_settings(args, workdir) as settings:
         client = Client(settings)
         try:
-            for backlog in (int(b) for b in args.backlogs.split(",")):
+            for backlog in (int(b) for b in args.backlogs.split(",") if b):
                 for honour_priority in (True, False):
                     scenarios.append(run_scenario(settings, client, args, backlog,
                                                   honour_priority, workdir))
+            if args.sustained:
+                for bands in (False, True):
+                    sustained.append(run_sustained(settings, client, args, bands, workdir))
         finally:
             client.close()
             delete_queues(settings, [])
-    print_table(scenarios, args)
-    plot(scenarios, args.out)
+    if scenarios:
+        print_table(scenarios, args)
+        plot(scenarios, args.out)
+    if sustained:
+        print_sustained(sustained, args)
+        plot_sustained(sustained, args.out.with_name("priority_sustained.png"))
 
 
 if __name__ == "__main__":

@@ -12,14 +12,10 @@ on the ``noop`` engine, prefetch 1 per slot), for each size N:
      printed beside it.
 
 Today the count is N for every N (no bound: under sustained priority-9 load the job waits for
-ever). A fairness design must bring it under a bound independent of N; this script is the
-"before" column for it. A second column tries one candidate without changing the product: the
-priority-0 job in a queue of its own (``<queue>.low``), consumed by the same worker on the same
-channel (Celery's ``add_consumer``, once the priority-9 backlog is being served); its count is
-the priority-9 jobs done after the worker was told to consume the low queue (those in its
-slots then, and any done before the consumer started, included). RabbitMQ hands a
-freed prefetch credit to the channel's blocked queues in a randomly rotated order
-(``rabbit_limiter``), so that share is random, not a bound::
+ever). The "today" column publishes the priority-0 job into the model's priority queue (a
+topology without low bands: the single queue of before); the "band queue" column submits it
+through the product, to the low band ``<queue>.low`` that the worker consumes on a channel of
+its own (workers/low_band.py); its count must not grow with N::
 
     python bench/starvation.py                  # N = 500 and 2,000
     python bench/starvation.py --sizes 200
@@ -31,7 +27,6 @@ keys and PostgreSQL schema (``bench/pipeline_overhead.py`` provides the isolatio
 from __future__ import annotations
 
 import argparse
-import contextlib
 import socket
 import sys
 import tempfile
@@ -39,8 +34,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import pika
-from celery import Celery
 from pipeline_overhead import (
     bench_settings,
     delete_queues,
@@ -48,15 +41,13 @@ from pipeline_overhead import (
     start_process,
     stop_worker,
 )
-from priority import purge, queue_depth, submit_backlog, wait_until
-from sqlalchemy import func, select
+from priority import purge, single_queue_client, submit_backlog
+from sqlalchemy import select
 
 from infermq.keys import QueueNames
 from infermq.settings import Settings
 from infermq.tables import job_transitions
 from producer.client import Client
-from routing.topology import job_queue_arguments
-from stores.database import get_engine as client_engine
 
 OUT = Path(__file__).parent / "out"
 LOW, HIGH = 0, 9
@@ -75,55 +66,14 @@ class Starvation:
         return ordered[round(share * (len(ordered) - 1))]
 
 
-def low_queue(settings: Settings) -> str:
-    return QueueNames(settings.namespace).for_model("embed", "noop") + ".low"
-
-
-def move_to_low_queue(settings: Settings) -> None:
-    """Moves the only message of the model's queue (the priority-0 job) to ``<queue>.low``,
-    declared with the job queues' arguments. Acked after the publish: never two copies."""
-    queue = QueueNames(settings.namespace).for_model("embed", "noop")
-    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        channel.queue_declare(low_queue(settings), durable=True, arguments=low_arguments(settings))
-        method, properties, body = channel.basic_get(queue)
-        assert method is not None, f"{queue} is empty: the priority-0 job is not there"
-        channel.basic_publish("", low_queue(settings), body, properties)
-        channel.basic_ack(method.delivery_tag)
-    finally:
-        with contextlib.suppress(Exception):
-            connection.close()
-
-
-def low_arguments(settings: Settings) -> dict[str, object]:
-    return job_queue_arguments(QueueNames(settings.namespace), settings.queue_max_length)
-
-
-def consume_low_queue(settings: Settings, node: str) -> int:
-    """Tells the worker ``node`` to consume ``<queue>.low`` too; returns the last transition id
-    written before (the count of priority-9 jobs served after it starts there)."""
-    app = Celery("starvation-bench", broker=settings.broker_url, set_as_current=False)
-    with client_engine(settings).connect() as connection:
-        mark = connection.execute(select(func.max(job_transitions.c.id))).scalar() or 0
-    replies = app.control.add_consumer(
-        low_queue(settings), exchange=QueueNames(settings.namespace).exchange,
-        exchange_type="direct", routing_key=low_queue(settings),
-        options={"queue_arguments": low_arguments(settings)}, destination=[node], reply=True,
-        timeout=10)
-    if not replies:
-        raise SystemExit(f"worker {node} did not answer add_consumer")
-    return int(mark)
-
-
 def run_size(settings: Settings, client: Client, args: argparse.Namespace, size: int,
              band_queue: bool, workdir: Path) -> Starvation:
     tag = uuid.uuid4().hex[:6]
     node = f"starve{tag}@{socket.gethostname()}"
-    low = client.submit("embed", f"starved {tag}", priority=LOW)
-    if band_queue:
-        move_to_low_queue(settings)
+    low_client = client if band_queue else single_queue_client(settings)
+    low = low_client.submit("embed", f"starved {tag}", priority=LOW)
+    if low_client is not client:
+        low_client.close()
     submit_backlog(client, size, HIGH, tag, args.submit_threads)
     worker = start_process(
         [sys.executable, "-m", "infermq.cli", "worker", "--models=noop", f"--slots={args.slots}",
@@ -131,12 +81,6 @@ def run_size(settings: Settings, client: Client, args: argparse.Namespace, size:
         workdir / f"worker-{tag}.log")
     mark = 0
     try:
-        if band_queue:
-            # Once the worker serves the priority-9 backlog (a quarter of it done).
-            queue = QueueNames(settings.namespace).for_model("embed", "noop")
-            wait_until(lambda: queue_depth(settings, queue) <= size - size // 4, 120,
-                       f"the worker eating {size // 4} jobs (log: {workdir})")
-            mark = consume_low_queue(settings, node)
         low.result(timeout_s=args.timeout_s)
     finally:
         stop_worker(worker)
@@ -233,7 +177,7 @@ def main() -> None:
                                               workdir))
         finally:
             client.close()
-            delete_queues(settings, [low_queue(settings)])
+            delete_queues(settings, [])
     print_table(scenarios, args)
     plot(scenarios, args.out)
 

@@ -133,6 +133,11 @@ class QueueNames:
         """``infer.<task>.<model>``: one queue per task type and model."""
         return f"{self.namespace}.{task_type}.{model}"
 
+    @staticmethod
+    def low_band(queue: str) -> str:
+        """``<queue>.low``: the jobs of ``queue`` below the high band (routing/topology.py)."""
+        return f"{queue}.low"
+
 
 RUN_JOB_TASK = "infermq.run_job"
 """The Celery task that runs one job on a model."""

@@ -49,7 +49,15 @@ class Settings(BaseSettings):
     max_input_chars: int = Field(default=32_768, ge=1)
     max_inputs_per_job: int = Field(default=2048, ge=1)
 
-    worker_slots: int = Field(default=16, ge=1, description="task threads per worker process")
+    worker_slots: int = Field(
+        default=16, ge=1,
+        description="high-band jobs a worker process holds (its prefetch on the task channel)")
+    worker_low_slots: int | None = Field(
+        default=None, ge=1,
+        description="low-band jobs (priority below 5) a worker holds besides, on a channel of "
+        "their own (workers/low_band.py); None: as many as worker_slots, so low-priority work "
+        "alone still fills the worker",
+    )
     task_events: bool = Field(
         default=True,
         description="workers send Celery task events from their first job, so Flower shows every "
@@ -181,6 +189,17 @@ class Settings(BaseSettings):
     test_hooks: bool = Field(
         default=False, description="enables the gates of the test engine; never in production"
     )
+
+    @property
+    def low_slots(self) -> int:
+        """Low-band jobs a worker holds besides its slots (``worker_low_slots``)."""
+        return self.worker_low_slots or self.worker_slots
+
+    @property
+    def task_threads(self) -> int:
+        """A worker's task threads: one per job it may hold, of either band, so that no
+        delivered job waits for a thread (the batcher orders them)."""
+        return self.worker_slots + self.low_slots
 
     def as_env(self) -> dict[str, str]:
         """These settings as ``INFERMQ_*`` variables, to start a child process with them."""

@@ -201,10 +201,12 @@ class Client:
         job_id = existing.id if existing is not None else message.job_id
         message = message.model_copy(update={"job_id": job_id})
         if message.task_type == TaskType.AUTO:
-            queue, task = self.topology.route_queue, ROUTE_JOB_TASK
+            queue = self.topology.band_for(self.topology.route_queue, message.priority)
+            task = ROUTE_JOB_TASK
         else:
-            queue, task = self.topology.queue_for(message.task_type.value, message.model), \
-                RUN_JOB_TASK
+            queue = self.topology.queue_for(message.task_type.value, message.model,
+                                            message.priority)
+            task = RUN_JOB_TASK
         # The hot status goes first: the worker cannot see the job before the publish, so its
         # own status events always come after this one.
         try:

@@ -28,7 +28,7 @@ def get_engine(settings: Settings) -> Engine:
             engine = create_engine(
                 settings.database_url,
                 connect_args=connect_args,
-                pool_size=max(10, settings.worker_slots + 4),
+                pool_size=max(10, settings.task_threads + 4),
                 max_overflow=64,
                 pool_pre_ping=False,
                 pool_recycle=1800,

@@ -110,10 +110,14 @@ def test_every_model_is_served_and_scaled_on_its_queues() -> None:
         assert all(t["type"] == "rabbitmq" for t in so["spec"]["triggers"])
         for spec in specs:
             for task_type in spec.task_types:
-                queue = triggers.pop(names.for_model(task_type.value, spec.name))
-                assert queue["mode"] == "QueueLength" and queue["value"] == str(spec.max_backlog)
+                queue = names.for_model(task_type.value, spec.name)
+                for band in (queue, names.low_band(queue)):  # both bands wake the group
+                    trigger = triggers.pop(band)
+                    assert trigger["mode"] == "QueueLength"
+                    assert trigger["value"] == str(spec.max_backlog)
         if names.route in triggers:  # the route queue, on the group that has the embedder
             triggers.pop(names.route)
+            triggers.pop(names.low_band(names.route))
             route_triggers += 1
             assert "minilm" in worker_models(deployment)
         assert triggers == {}, f"{name} scales on queues it does not serve"

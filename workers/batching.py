@@ -18,14 +18,11 @@ order. The promise: a request of priority p is taken before any request submitte
 ``(MAX_PRIORITY - p) * aging_ms`` after it, whatever that one's priority; so sustained
 high-priority load delays low priority by a bounded amount instead of starving it.
 
-What the rule covers, and what it does not. It orders the requests this worker holds: up to
-its task slots (prefetch 1 each), which is where a batch is chosen. It does not reach the
-broker: RabbitMQ delivers strictly by priority, so while higher-priority messages keep every
-slot of every worker busy, a low-priority message stays in its queue and never starts to age
-here. Bounding that wait needs a broker-side step (for instance republishing a message that
-waited past ``(MAX_PRIORITY - p) * aging_ms`` at ``effective_priority``, or a share of slots
-reserved for low priority); it belongs to the consumer path (``workers/execution.py``) and is
-not done yet. ``effective_priority`` is the rule such a step should apply.
+What the rule covers. It orders the requests this worker holds, which is where a batch is
+chosen. RabbitMQ delivers a priority queue strictly by priority, so it only reaches low
+priorities because they have a band of their own at the broker (``<queue>.low``,
+routing/topology.py) consumed with credits of its own (workers/low_band.py): a low job
+always reaches a worker, and its wait there is bounded by the rule above.
 
 Failures stay with their job: a batch whose engine call raises is split in halves and retried
 until the request that raises is alone. Each request's ``timeout_s`` is enforced here (Celery's

@@ -22,7 +22,14 @@ from routing.topology import QueueSpec, Topology, build_topology
 
 
 class DeadLetteringConsumer(Consumer):
-    """Rejects undecodable messages without requeue, so RabbitMQ dead-letters them."""
+    """Rejects undecodable messages without requeue, so RabbitMQ dead-letters them; takes
+    ``worker_slots`` messages on the task channel, fewer than its threads (the low band's
+    channel has the others' credits, workers/low_band.py)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        settings: Settings = kwargs["app"].conf.infermq_settings
+        kwargs["initial_prefetch_count"] = settings.worker_slots * kwargs["prefetch_multiplier"]
+        super().__init__(*args, **kwargs)
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         message.reject(requeue=False)
@@ -68,7 +75,7 @@ def create_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
-        worker_concurrency=settings.worker_slots,
+        worker_concurrency=settings.task_threads,
         worker_pool="threads",
         worker_consumer=f"{__name__}:DeadLetteringConsumer",
         worker_send_task_events=settings.task_events,

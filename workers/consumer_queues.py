@@ -11,6 +11,9 @@ message it delivered before is already on its way to a task slot. Celery's remot
 the same ``call_soon``, but through a round trip to the broker, and it answers before the
 consumer has changed: it would tell the driver nothing it can wait on.
 
+Each change covers the queues' low bands too (workers/low_band.py, consumed on a channel of
+their own): a model's two bands start and stop together.
+
 ``drain_all`` is the worker's side of a scale-down: ``DRAIN_WORKER_COMMAND``, a remote-control
 command, stops every consumer and reports the models DRAINING.
 """
@@ -26,6 +29,7 @@ from celery.worker.consumer.consumer import Consumer
 from celery.worker.control import control_command
 
 from infermq.keys import DRAIN_WORKER_COMMAND
+from workers.low_band import LowBand
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,8 @@ class ConsumerQueues:
     consuming again: a load that finishes then leaves its queues to other workers.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, low_band: LowBand) -> None:
+        self._low_band = low_band
         self._consumer: Consumer | None = None
         self._lock = threading.Lock()
         self._draining = False  # no queue starts being consumed any more
@@ -61,6 +66,7 @@ class ConsumerQueues:
                 return False
             for queue in queues:
                 consumer.add_task_queue(queue)
+            self._low_band.add(queues)
             return True
 
         return self._in_consumer_thread(add)
@@ -72,6 +78,7 @@ class ConsumerQueues:
         def cancel(consumer: Consumer) -> bool:
             for queue in queues:
                 consumer.cancel_task_queue(queue)
+            self._low_band.cancel(queues)
             return True
 
         return self._in_consumer_thread(cancel)
@@ -85,7 +92,8 @@ class ConsumerQueues:
             # Deferred as Celery's own cancel_consumer is: a command must not wait on the
             # connection whose frame it is being called from.
             consumer.call_soon(consumer.cancel_task_queue, queue)
-        return queues
+        consumer.call_soon(self._low_band.cancel, queues)
+        return [*queues, *self._low_band.low_bands_of(queues)]
 
     def close(self) -> None:
         """The worker is stopping: changes are refused, and a caller waiting for one returns."""

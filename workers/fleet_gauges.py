@@ -52,16 +52,17 @@ class FleetGauges(Collector):
         ready = GaugeMetricFamily("infermq_queue_messages_ready", "Messages ready in each job "
                                   "queue", labels=["task_type", "model"])
         for task_type, model in self.model_queues:
-            depth = self._depths.ready(self.names.for_model(task_type, model))
+            depth = self._depths.ready_in_bands(self.names.for_model(task_type, model))
             if depth is not None:
                 ready.add_metric([task_type, model], depth)
         yield ready
-        for name, queue, doc in (
-            ("infermq_dead_letter_messages", self.names.dead, "Messages in the dead-letter queue"),
-            ("infermq_route_queue_messages", self.names.route, "Auto jobs waiting for the router"),
+        for name, depth, doc in (
+            ("infermq_dead_letter_messages", self._depths.ready(self.names.dead),
+             "Messages in the dead-letter queue"),
+            ("infermq_route_queue_messages", self._depths.ready_in_bands(self.names.route),
+             "Auto jobs waiting for the router"),
         ):
             family = GaugeMetricFamily(name, doc)
-            depth = self._depths.ready(queue)
             if depth is not None:
                 family.add_metric([], depth)
             yield family

@@ -204,7 +204,7 @@ class Autoscaler:
         for name, spec in self.registry.models.items():
             metrics: ModelMetrics | None = live.get(name)
             if metrics is None:
-                queued = sum(self._depths.ready(self.names.for_model(t.value, name)) or 0
+                queued = sum(self._depths.ready_in_bands(self.names.for_model(t.value, name)) or 0
                              for t in spec.task_types)
                 decisions.append(ScalingDecision(name, ScalingAction.HOLD, (
                     f"no live instance; {queued} queued",), 0, 0))

@@ -15,6 +15,7 @@ from stores.connections import get_redis
 from stores.database import get_engine
 from workers.celery_app import create_app
 from workers.consumer_queues import ConsumerQueues, register_drain_command
+from workers.low_band import LowBand, low_band_step
 from workers.metrics import WorkerMetrics
 from workers.model_demand import ModelDemand
 from workers.route_task import (
@@ -84,7 +85,11 @@ def run_worker(
             on_routed=metrics.job_routed,
         )
 
-    consumer_queues = ConsumerQueues()
+    # The low band's channel consumes the low bands of the queues consumed from the start.
+    low_band = LowBand(topology, settings.low_slots)
+    low_band.add(queues)
+    app.steps["consumer"].add(low_band_step(low_band))
+    consumer_queues = ConsumerQueues(low_band)
     demand = ModelDemand(settings, runtime, model_queues, consumer_queues)
 
     def start_demand(sender: Any, **_: Any) -> None:
@@ -115,7 +120,7 @@ def run_worker(
         [
             "worker",
             "--pool=threads",
-            f"--concurrency={settings.worker_slots}",
+            f"--concurrency={settings.task_threads}",
             f"--queues={','.join(queues)}",
             *(["--task-events"] if settings.task_events else []),
             f"--hostname={name}",

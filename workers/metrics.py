@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from infermq.audit_policy import AuditCounts
 from infermq.errors import InfermqError
 from infermq.jobs import JobMessage, JobResult, JobStatus, utcnow
-from infermq.keys import RedisKeys
+from infermq.keys import QueueNames, RedisKeys
 from infermq.settings import Settings
 from routing.metrics import InstanceStateName, ModelMetricsSnapshot
 from stores.live_metrics import write_snapshot
@@ -127,6 +127,12 @@ class QueueDepths:
             log.debug("cannot read the depth of %s: %r", queue, e)
             self.close()
             return None
+
+    def ready_in_bands(self, queue: str) -> int | None:
+        """Messages ready in both bands of ``queue`` (it and its low band, routing/topology.py),
+        the backlog of its jobs; None when the broker cannot say."""
+        depths = [self.ready(band) for band in (queue, QueueNames.low_band(queue))]
+        return None if None in depths else sum(d for d in depths if d is not None)
 
     def close(self) -> None:
         if self._connection is not None:
@@ -309,7 +315,7 @@ class WorkerMetrics(RunnerHooks):
         result = []
         for model, state in states.items():
             p = periods.get(model, _Period())
-            depths = [self._depths.ready(queue) for queue in self.queues.get(model, [])]
+            depths = [self._depths.ready_in_bands(queue) for queue in self.queues.get(model, [])]
             depth = None if None in depths else sum(d or 0 for d in depths)
             p50 = float(np.percentile(p.latencies_s, 50)) if p.latencies_s else None
             p99 = float(np.percentile(p.latencies_s, 99)) if p.latencies_s else None

@@ -1,9 +1,9 @@
 """On-demand model loading in a running worker: the thread that drives the cold-start scheduler.
 
 Every ``model_demand_poll_s`` it reads how many messages are ready in each of the worker's
-models' queues (a passive declare). A model that is not READY and has jobs waiting is requested
-from the scheduler, with its ``load_priority``; then the thread carries out what the scheduler
-decides, in its order, until it has nothing more to do for now:
+models' queues, both bands (a passive declare). A model that is not READY and has jobs waiting
+is requested from the scheduler, with its ``load_priority``; then the thread carries out what
+the scheduler decides, in its order, until it has nothing more to do for now:
 
 - ``StartLoad``: load and warm up the model, then start consuming its queues;
 - ``Evict`` (the least recently used idle model, when a requested one does not fit): stop
@@ -79,7 +79,7 @@ class ModelDemand:
             if model in runtime.given_up or runtime.state(model) == InstanceState.READY:
                 self._requested.discard(model)
                 continue
-            waiting = sum(self._depths.ready(queue) or 0 for queue in queues)
+            waiting = sum(self._depths.ready_in_bands(queue) or 0 for queue in queues)
             if waiting:
                 if model not in self._requested:
                     log.info("model %s has %d jobs waiting: loading it on demand", model,

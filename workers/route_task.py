@@ -90,7 +90,8 @@ class ConfirmedJobPublisher:
             QueueFull: the queue is at its length limit (the broker nacked the message).
             QueueUnavailable: the broker is unreachable, returned or did not confirm it.
         """
-        spec = self.topology.queue_for(message.task_type.value, message.model)
+        spec = self.topology.queue_for(message.task_type.value, message.model,
+                                       message.priority)
         body, headers = celery_task_message(
             RUN_JOB_TASK, message.job_id, {"message": message.model_dump(mode="json")})
         try:

@@ -29,7 +29,7 @@ from stores.jobstore import (
     transitions_of,
 )
 from tests.support import take_job_message
-from workers.job_commits import JobCommits, _CommitDone, _write_group
+from workers.job_commits import JobCommits, _CommitFinal, _write_group
 from workers.runtime import WorkerRuntime
 
 GATE_WAIT_S = 30
@@ -228,9 +228,9 @@ def test_a_stale_session_turn_rolls_back_its_own_job_not_its_group(db_engine: En
     # When the group is written in one transaction
     with db_engine.begin() as connection:
         outcomes = _write_group(connection, [
-            _CommitDone(plain.job_id, done(plain), True),
-            _CommitDone(stale.job_id, done(stale), True, stale_turn),
-            _CommitDone(good.job_id, done(good), True, good_turn),
+            _CommitFinal(plain.job_id, done(plain), True),
+            _CommitFinal(stale.job_id, done(stale), True, stale_turn),
+            _CommitFinal(good.job_id, done(good), True, good_turn),
         ])
     # Then the stale job alone is rolled back (row still runnable, no outbox row) and its
     # error is its outcome; the plain job and the good turn commit with their outbox rows
@@ -243,6 +243,55 @@ def test_a_stale_session_turn_rolls_back_its_own_job_not_its_group(db_engine: En
         hooked = set(connection.execute(select(webhook_outbox.c.job_id).where(
             webhook_outbox.c.job_id.in_([plain.job_id, good.job_id, stale.job_id]))).scalars())
     assert hooked == {plain.job_id, good.job_id}
+
+
+def test_failed_dead_and_cancelled_endings_commit_in_the_group(db_engine: Engine) -> None:
+    # Given four jobs with webhooks in one commit group: one done, one failed (its session's
+    # skipped turn written with it), one dead whose turn skip fails, one cancelled
+    done, failed, dead, cancelled = (_message(tag, "https://example.com/hook")
+                                     for tag in ("done", "failed", "dead", "cancelled"))
+    with db_engine.begin() as connection:
+        insert_submitting_many(connection, [NewJob(m) for m in (done, failed, dead, cancelled)])
+    skipped: list[str] = []
+
+    def skip_turn(connection: Connection) -> None:
+        connection.execute(text("SELECT 1"))
+        skipped.append(failed.job_id)
+
+    def stale_skip(connection: Connection) -> None:
+        raise SessionConflict("the session moved on: stale version")
+
+    def ending(message: JobMessage, status: JobStatus, error: str | None = None) -> JobResult:
+        return JobResult(job_id=message.job_id, status=status, output="ok" if error is None
+                         else None, error=error)
+
+    # When the group is written in one transaction
+    with db_engine.begin() as connection:
+        outcomes = _write_group(connection, [
+            _CommitFinal(done.job_id, ending(done, JobStatus.DONE), True),
+            _CommitFinal(failed.job_id, ending(failed, JobStatus.FAILED, "boom"), True,
+                         skip_turn),
+            _CommitFinal(dead.job_id, ending(dead, JobStatus.DEAD, "gave up"), True,
+                         stale_skip),
+            _CommitFinal(cancelled.job_id, ending(cancelled, JobStatus.CANCELLED, "cancelled"),
+                         True),
+        ])
+    # Then each ending has its own status, error and outbox row, the skipped turn committed
+    # with its row, and the member whose turn failed rolled back alone
+    assert isinstance(outcomes[2], SessionConflict)
+    assert get_job(db_engine, dead.job_id).status == JobStatus.SUBMITTING
+    assert get_job(db_engine, done.job_id).status == JobStatus.DONE
+    failed_row, cancelled_row = get_job(db_engine, failed.job_id), get_job(db_engine,
+                                                                          cancelled.job_id)
+    assert (failed_row.status, failed_row.error) == (JobStatus.FAILED, "boom")
+    assert (cancelled_row.status, cancelled_row.error) == (JobStatus.CANCELLED, "cancelled")
+    assert transitions_of(db_engine, failed.job_id) == ["submitting", "failed"]
+    assert skipped == [failed.job_id]
+    with db_engine.connect() as connection:
+        hooked = set(connection.execute(select(webhook_outbox.c.job_id).where(
+            webhook_outbox.c.job_id.in_([m.job_id for m in (done, failed, dead, cancelled)])
+        )).scalars())
+    assert hooked == {done.job_id, failed.job_id, cancelled.job_id}
 
 
 def test_a_session_jobs_commit_raises_its_turns_error_in_its_thread(db_engine: Engine) -> None:

@@ -24,8 +24,8 @@ from infermq.jobs import JobMessage, JobResult, JobStatus
 from infermq.sessions import SessionContext
 from infermq.settings import Settings
 from stores.connections import REDIS_OUTAGES
-from stores.jobstore import JobRow, get_job, set_status
-from stores.outbox import record_webhook, untried_webhooks
+from stores.jobstore import JobRow, get_job
+from stores.outbox import untried_webhooks
 from stores.results import JobStateStore
 from workers.cache_audit import CacheAudit
 from workers.cache_steps import CacheSteps
@@ -207,13 +207,10 @@ class JobRunner:
     def _end(self, message: JobMessage, status: JobStatus, error: str) -> None:
         result = JobResult(job_id=message.job_id, status=status, model=message.model,
                            error=error)
-        with self.database.begin() as connection:
-            changed = set_status(connection, message.job_id, status, only_from=RUNNABLE,
-                                 error=error, result=result.model_dump(mode="json"))
-            if changed:
-                self.sessions.skip_turn(connection, message)
-            outbox_id = (record_webhook(connection, result)
-                         if changed and message.webhook_url else None)
+        committed = self.commits.commit_final(
+            result, has_webhook=bool(message.webhook_url),
+            write_turn=partial(self.sessions.skip_turn, message=message))
+        outbox_id = committed.outbox_id
         self.state.write_result(result)
         if message.session_id is not None:
             self.sessions.after_commit(message.session_id, None)

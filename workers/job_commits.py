@@ -5,10 +5,11 @@ few transactions as it can.
 
 A task thread still waits for its own write to commit before it goes on (and, in the end,
 acks), so a kill -9 loses nothing: an uncommitted write's message is redelivered. A job of a
-session joins the same groups: its row, its session turn and its webhook outbox row are
-written under a savepoint of the group's transaction, so they commit together, and a turn
-that fails (a stale session version: ``SessionConflict``) rolls back that job's savepoint
-alone, not the other jobs of its group; the error is raised in that job's thread.
+session, and every failed, dead or cancelled ending, joins the same groups: its row, its
+session turn (or the skip of it) and its webhook outbox row are written under a savepoint of
+the group's transaction, so they commit together, and a turn that fails (a stale session
+version: ``SessionConflict``) rolls back that job's savepoint alone, not the other jobs of its
+group; the error is raised in that job's thread.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ TurnWriter = Callable[[Connection], None]
 
 
 @dataclass(frozen=True)
-class _CommitDone:
+class _CommitFinal:
+    """A job's final row (``result.status``: done, failed, dead or cancelled)."""
+
     job_id: str
     result: JobResult
     has_webhook: bool
@@ -51,16 +54,16 @@ class _CommitDone:
 
 
 @dataclass(frozen=True)
-class DoneCommitted:
-    """How a ``done`` commit ended: whether the row changed (False: it was final already) and
+class FinalCommitted:
+    """How a final commit ended: whether the row changed (False: it was final already) and
     the webhook outbox row written with it, if any."""
 
     changed: bool
     outbox_id: int | None
 
 
-_Write = _BeginAttempt | _CommitDone
-_Outcome = JobRow | DoneCommitted | SessionError | None
+_Write = _BeginAttempt | _CommitFinal
+_Outcome = JobRow | FinalCommitted | SessionError | None
 
 
 class JobCommits:
@@ -79,7 +82,7 @@ class JobCommits:
         return cast(JobRow | None, self._committer.write(_BeginAttempt(job_id)))
 
     def commit_done(self, result: JobResult, has_webhook: bool,
-                    write_turn: TurnWriter | None = None) -> DoneCommitted:
+                    write_turn: TurnWriter | None = None) -> FinalCommitted:
         """Marks the job ``done`` with ``result`` (only from a runnable status), with its
         transition, its session turn (``write_turn``, for a job of a session) and, for a job
         with a webhook, its outbox row, all in one transaction; returns once committed.
@@ -89,11 +92,17 @@ class JobCommits:
             SessionError: the turn could not be written (``SessionConflict``: stale session
                 version); nothing of this job was written, the rest of its group was.
         """
+        return self.commit_final(result, has_webhook, write_turn)
+
+    def commit_final(self, result: JobResult, has_webhook: bool,
+                     write_turn: TurnWriter | None = None) -> FinalCommitted:
+        """``commit_done`` for any final ``result.status``: a failed, dead or cancelled
+        ending (with ``result.error``) commits through the same groups, under a savepoint."""
         outcome = self._committer.write(
-            _CommitDone(result.job_id, result, has_webhook, write_turn))
+            _CommitFinal(result.job_id, result, has_webhook, write_turn))
         if isinstance(outcome, SessionError):
             raise outcome
-        return cast(DoneCommitted, outcome)
+        return cast(FinalCommitted, outcome)
 
     def close(self) -> None:
         """Writes what is queued and stops the writer thread."""
@@ -102,38 +111,40 @@ class JobCommits:
 
 def _write_group(connection: Connection, writes: Sequence[_Write]) -> list[_Outcome]:
     """One transaction: the attempts counted, the ``done`` rows with their outbox rows, then
-    each session job's row, turn and outbox row under a savepoint of its own."""
+    each session job's row, turn and outbox row, and each other ending, under a savepoint of
+    its own."""
     attempted = [w.job_id for w in writes if isinstance(w, _BeginAttempt)]
     rows = begin_attempts(connection, attempted) if attempted else {}
-    done = [w for w in writes if isinstance(w, _CommitDone) and w.write_turn is None]
+    done = [w for w in writes if isinstance(w, _CommitFinal) and w.write_turn is None
+            and w.result.status is JobStatus.DONE]
     changed = finish_done(connection, [
         FinishedJob(w.job_id, w.result.model_dump_json(), w.result.cache) for w in done
     ]) if done else set()
     outcomes: dict[str, _Outcome] = {
-        w.job_id: DoneCommitted(w.job_id in changed,
+        w.job_id: FinalCommitted(w.job_id in changed,
                                 record_webhook(connection, w.result)
                                 if w.has_webhook and w.job_id in changed else None)
         for w in done}
     for w in writes:
-        if isinstance(w, _CommitDone) and w.write_turn is not None:
-            outcomes[w.job_id] = _write_session_job(connection, w, w.write_turn)
+        if isinstance(w, _CommitFinal) and w.job_id not in outcomes:
+            outcomes[w.job_id] = _write_alone(connection, w)
     return [rows.get(w.job_id) if isinstance(w, _BeginAttempt) else outcomes[w.job_id]
             for w in writes]
 
 
-def _write_session_job(connection: Connection, write: _CommitDone,
-                       write_turn: TurnWriter) -> DoneCommitted | SessionError:
+def _write_alone(connection: Connection, write: _CommitFinal) -> FinalCommitted | SessionError:
+    done = write.result.status is JobStatus.DONE
     try:
         with connection.begin_nested():
-            changed = set_status(connection, write.job_id, JobStatus.DONE,
-                                 only_from=RUNNABLE_STATUSES,
+            changed = set_status(connection, write.job_id, write.result.status,
+                                 only_from=RUNNABLE_STATUSES, error=write.result.error,
                                  result=write.result.model_dump(mode="json"),
-                                 cache=write.result.cache)
-            if changed:
-                write_turn(connection)
+                                 cache=write.result.cache if done else None)
+            if changed and write.write_turn is not None:
+                write.write_turn(connection)
             outbox_id = (record_webhook(connection, write.result)
                          if changed and write.has_webhook else None)
     except SessionError as e:
         # The savepoint rolled back this job alone; its thread raises the error.
         return e
-    return DoneCommitted(changed, outbox_id)
+    return FinalCommitted(changed, outbox_id)

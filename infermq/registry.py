@@ -58,7 +58,11 @@ class ModelSpec(BaseModel):
         "its default is 64 MiB"
     )
     max_wait_ms: float = Field(default=5.0, ge=0)
-    slots: int | None = Field(default=None, ge=1, description="task threads; default batch size")
+    slots: int | None = Field(
+        default=None, ge=1, description="jobs a worker serving this model holds (its "
+        "worker_slots, when --slots and INFERMQ_WORKER_SLOTS do not say); default: the paged "
+        "engine's max_num_seqs plus a margin (wanted_slots), the worker's default otherwise"
+    )
     size_class: Literal["small", "large"] = "small"
     cacheable: bool = True
     canary_of: str | None = Field(
@@ -82,6 +86,17 @@ class ModelSpec(BaseModel):
         default=1, ge=0, description="workers kept for this model on Kubernetes; 0 lets KEDA "
         "scale it to zero when its queues are empty (its first job then waits for a cold start)"
     )
+
+    def wanted_slots(self) -> int | None:
+        """The jobs a worker serving this model should hold, None when the worker's default
+        does: ``slots`` if given; for the paged engine its ``max_num_seqs`` (the registry's
+        ``max_batch_size``) plus a quarter more (at least 4), so that a full running set
+        still leaves waiting jobs for the scheduler to choose among by priority."""
+        if self.slots is not None:
+            return self.slots
+        if self.engine == "paged":
+            return self.max_batch_size + max(4, self.max_batch_size // 4)
+        return None
 
     @model_validator(mode="after")
     def _remote_only_with_openai(self) -> ModelSpec:

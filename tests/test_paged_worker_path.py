@@ -10,10 +10,12 @@ import pytest
 
 from infermq.jobs import GenerationParams, TaskType
 from infermq.registry import ModelSpec
+from infermq.settings import Settings
 from tests.engine_support import MODELS_DIR
 from workers.batching import Batcher, BatcherHooks
 from workers.engines.base import EngineOutput, EngineRequest
 from workers.engines.paged.engine import PagedEngine
+from workers.runtime import sized_for
 
 GATE_TIMEOUT_S = 60
 
@@ -115,3 +117,20 @@ def test_priority_9_runs_within_two_steps_of_a_full_priority_0_set(gated) -> Non
         gate.step()
     assert low[1].result().output == alone, "the preempted job recomputed the same tokens"
     assert urgent.result().tokens == 4
+
+
+def test_a_paged_models_worker_holds_max_num_seqs_plus_a_margin() -> None:
+    # Given a paged model of max_num_seqs 32, the same with explicit slots, a static model
+    paged = paged_spec(32)
+    pinned = paged.model_copy(update={"slots": 12})
+    static = paged.model_copy(update={"engine": "torch"})
+    # Then the paged model wants 32 + 8 slots, an explicit `slots` wins, a static model leaves
+    # the worker's default
+    assert paged.wanted_slots() == 40 and paged_spec(8).wanted_slots() == 12
+    assert pinned.wanted_slots() == 12 and static.wanted_slots() is None
+    # And a worker's slots (its prefetch) are sized from the largest want, unless --slots or
+    # INFERMQ_WORKER_SLOTS set them
+    default = Settings()
+    assert sized_for(default, [static, paged]).worker_slots == 40
+    assert sized_for(default, [static]).worker_slots == default.worker_slots
+    assert sized_for(Settings(worker_slots=5), [paged]).worker_slots == 5

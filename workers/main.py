@@ -25,7 +25,7 @@ from workers.route_task import (
     RouterSlot,
     register_route_task,
 )
-from workers.runtime import WorkerRuntime, job_state_store, served_specs
+from workers.runtime import WorkerRuntime, job_state_store, served_specs, sized_for
 from workers.tasks import register_tasks
 from workers.webhooks import register_webhook_task
 
@@ -45,10 +45,11 @@ def run_worker(
     model also consumes the route queue: it has what the router task needs to classify
     ``auto`` jobs.
     """
+    specs = served_specs(settings, model_names)
+    settings = sized_for(settings, specs)
     app = create_app(settings)
     topology = app.conf.infermq_topology
     names = topology.names
-    specs = served_specs(settings, model_names)
     model_queues = {spec.name: [names.for_model(task.value, spec.name)
                                 for task in spec.task_types] for spec in specs}
     name = hostname or f"infermq-{os.getpid()}@{socket.gethostname()}"

@@ -61,6 +61,15 @@ def served_specs(settings: Settings, model_names: list[str] | None) -> list[Mode
     return [registry.models[n] for n in names]
 
 
+def sized_for(settings: Settings, specs: list[ModelSpec]) -> Settings:
+    """``settings`` with ``worker_slots`` sized for the served models (the largest of their
+    ``ModelSpec.wanted_slots``), unless ``--slots`` or ``INFERMQ_WORKER_SLOTS`` set it."""
+    wanted = [n for n in (spec.wanted_slots() for spec in specs) if n is not None]
+    if "worker_slots" in settings.model_fields_set or not wanted:
+        return settings
+    return settings.model_copy(update={"worker_slots": max(wanted)})
+
+
 def job_state_store(settings: Settings) -> JobStateStore:
     """The Redis side of job state (hot status, results) as the worker writes it."""
     return JobStateStore(get_redis(settings), RedisKeys(settings.redis_prefix),

@@ -37,6 +37,7 @@ class LowBand:
         self.topology = topology
         self.prefetch = prefetch
         self.exchange = Exchange(topology.names.exchange, type="direct", durable=True)
+        self._specs = {spec.name: spec for spec in topology.low_bands.values()}
         self._consumed: list[str] = []  # the low bands' names, in the order they were added
         self._consumer: KombuConsumer | None = None
 
@@ -79,7 +80,7 @@ class LowBand:
         self._consumer = None
 
     def _queue(self, name: str) -> Queue:
-        spec = next(spec for spec in self.topology.low_bands.values() if spec.name == name)
+        spec = self._specs[name]
         return Queue(spec.name, exchange=self.exchange, routing_key=spec.routing_key,
                      durable=True, queue_arguments=spec.arguments)
 

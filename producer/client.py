@@ -33,7 +33,7 @@ from infermq.jobs import (
     TaskType,
     utcnow,
 )
-from infermq.keys import ROUTE_JOB_TASK, RUN_JOB_TASK, QueueNames, RedisKeys
+from infermq.keys import QueueNames, RedisKeys
 from infermq.registry import load_registry
 from infermq.settings import Settings, get_settings
 from infermq.webhook_policy import check_webhook_url
@@ -200,13 +200,6 @@ class Client:
             return JobHandle(self, existing.id)
         job_id = existing.id if existing is not None else message.job_id
         message = message.model_copy(update={"job_id": job_id})
-        if message.task_type == TaskType.AUTO:
-            queue = self.topology.band_for(self.topology.route_queue, message.priority)
-            task = ROUTE_JOB_TASK
-        else:
-            queue = self.topology.queue_for(message.task_type.value, message.model,
-                                            message.priority)
-            task = RUN_JOB_TASK
         # The hot status goes first: the worker cannot see the job before the publish, so its
         # own status events always come after this one.
         try:
@@ -216,13 +209,7 @@ class Client:
             self._reject(job_id, error)
             raise error from e
         try:
-            self.publisher.publish(
-                queue,
-                task,
-                job_id,
-                {"message": message.model_dump(mode="json")},
-                message.priority,
-            )
+            self.publisher.publish_job(message)
         except QueueError as e:
             self._reject(job_id, e)
             with contextlib.suppress(*REDIS_OUTAGES):

@@ -1,24 +1,28 @@
 """The dead-letter queue: what ended there and why, and replaying it.
 
 RabbitMQ records why a message was dead-lettered in its ``x-death`` header; infermq records the
-job's error on its row. Replay resets the attempts and republishes to the original queue.
+job's error on its row. Replay resets the job's row and attempts and publishes the task again
+to the queue it died in, through the one publisher (a fresh Celery message: no retries count,
+no death history).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import pika
+from kombu import Connection, Queue
+from kombu.message import Message
 from sqlalchemy import update
 
 from infermq.jobs import JobStatus
 from infermq.keys import QueueNames
 from infermq.settings import Settings
 from infermq.tables import jobs
+from producer.publisher import ConfirmedPublisher
+from routing.topology import topology_for
 from stores.database import get_engine
 
 
@@ -28,81 +32,79 @@ class DeadLetter:
     task: str
     reason: str
     queue: str
-    body: bytes
-    properties: Any
+    body: str | bytes
+    priority: int
 
 
-def _letters(channel: Any, queue: str, limit: int) -> Iterator[tuple[Any, DeadLetter]]:
+def _letters(channel: Any, queue: str, limit: int) -> Iterator[tuple[Message, DeadLetter]]:
+    """(the message, what it says) for up to ``limit`` dead letters, unacked."""
+    dead = Queue(queue, no_declare=True)(channel)
     for _ in range(limit):
-        method, properties, body = channel.basic_get(queue, auto_ack=False)
-        if method is None:
+        message = dead.get(no_ack=False)
+        if message is None:
             return
-        headers = properties.headers or {}
+        headers = message.headers or {}
         deaths = headers.get("x-death") or [{}]
-        yield method, DeadLetter(
-            job_id=str(headers.get("id") or properties.correlation_id or "?"),
+        yield message, DeadLetter(
+            job_id=str(headers.get("id") or message.properties.get("correlation_id") or "?"),
             task=str(headers.get("task") or "?"),
             reason=str(deaths[0].get("reason", "?")),
             queue=str(deaths[0].get("queue", "?")),
-            body=body,
-            properties=properties,
+            body=message.body,
+            priority=int(message.properties.get("priority") or 0),
         )
 
 
 def peek_dead(settings: Settings, limit: int = 50) -> list[DeadLetter]:
-    """The first ``limit`` dead letters; they stay in the queue."""
-    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
-    try:
-        channel = connection.channel()
-        letters = [letter for _, letter in _letters(channel, QueueNames(settings.namespace).dead,
-                                                    limit)]
-        # Closing the channel returns every message we got and did not ack.
-        return letters
-    finally:
-        with contextlib.suppress(Exception):
-            connection.close()
+    """The first ``limit`` dead letters; they stay in the queue (closing the connection
+    returns every message it got and did not ack)."""
+    with Connection(settings.broker_url) as connection:
+        return [letter for _, letter in _letters(connection.default_channel,
+                                                 QueueNames(settings.namespace).dead, limit)]
 
 
 def replay_dead(settings: Settings, job_id: str | None = None, limit: int = 10_000) -> int:
     """Republishes dead letters (all, or one job's) to the queue they died in, resetting the
-    job's attempts; returns how many were replayed."""
-    names = QueueNames(settings.namespace)
-    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+    job's attempts; returns how many were replayed. A letter is acked only after its new
+    message was confirmed, so a replay cut short loses nothing."""
+    topology = topology_for(settings)
+    queues = {spec.name: spec for spec in topology.work_queues}
+    publisher = ConfirmedPublisher(settings, topology)
     replayed = 0
     try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        for method, letter in list(_letters(channel, names.dead, limit)):
-            if job_id is not None and letter.job_id != job_id:
-                continue
-            if letter.queue == "?" or not _is_job_message(letter.body):
-                continue
-            with get_engine(settings).begin() as db:
-                db.execute(
-                    update(jobs)
-                    .where(jobs.c.id == letter.job_id)
-                    .values(attempts=0, status=JobStatus.QUEUED.value, error=None, result=None)
-                )
-            properties = letter.properties
-            headers = dict(properties.headers or {})
-            headers.pop("x-death", None)
-            headers.pop("x-first-death-exchange", None)
-            headers.pop("x-first-death-queue", None)
-            headers.pop("x-first-death-reason", None)
-            properties.headers = headers
-            channel.basic_publish(names.exchange, letter.queue, letter.body, properties,
-                                  mandatory=True)
-            channel.basic_ack(method.delivery_tag)
-            replayed += 1
+        with Connection(settings.broker_url) as connection:
+            for message, letter in list(_letters(connection.default_channel,
+                                                 topology.names.dead, limit)):
+                if job_id is not None and letter.job_id != job_id:
+                    continue
+                call = _task_call(letter.body)
+                queue = queues.get(letter.queue)
+                if call is None or queue is None:
+                    continue
+                with get_engine(settings).begin() as db:
+                    db.execute(
+                        update(jobs)
+                        .where(jobs.c.id == letter.job_id)
+                        .values(attempts=0, status=JobStatus.QUEUED.value, error=None,
+                                result=None)
+                    )
+                args, kwargs = call
+                publisher.publish(queue, letter.task, letter.job_id, args=args, kwargs=kwargs,
+                                  priority=letter.priority)
+                message.ack()
+                replayed += 1
     finally:
-        with contextlib.suppress(Exception):
-            connection.close()
+        publisher.close()
     return replayed
 
 
-def _is_job_message(body: bytes) -> bool:
+def _task_call(body: str | bytes) -> tuple[list[Any], dict[str, Any]] | None:
+    """The args and kwargs of a Celery protocol 2 body; None for anything else."""
     try:
         decoded = json.loads(body)
     except ValueError:
-        return False
-    return isinstance(decoded, list) and len(decoded) == 3
+        return None
+    if not (isinstance(decoded, list) and len(decoded) == 3 and isinstance(decoded[0], list)
+            and isinstance(decoded[1], dict)):
+        return None
+    return decoded[0], decoded[1]

@@ -16,11 +16,11 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import anyio.to_thread
-import pika
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from kombu import Connection
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -279,11 +279,9 @@ async def _final_only(row: JobRow) -> AsyncIterator[str]:
 
 
 def _broker_ready(settings: Settings) -> str:
-    parameters = pika.URLParameters(settings.broker_url)
-    parameters.socket_timeout = parameters.blocked_connection_timeout = 2
-    parameters.connection_attempts = 1
     try:
-        pika.BlockingConnection(parameters).close()
+        with Connection(settings.broker_url, connect_timeout=2) as connection:
+            connection.connect()
     except Exception as e:  # noqa: BLE001 - any failure means "not ready", reported as text
         return f"unreachable: {e!r}"
     return "ok"

@@ -1,223 +1,247 @@
-"""Publishes job messages to RabbitMQ and waits for the broker's confirm (pika).
+"""The one publisher of infermq: task messages to RabbitMQ, returned once the broker confirmed.
 
-A publish returns only once the broker has taken responsibility for the message: persistent
-(delivery mode 2), ``mandatory`` (an unroutable message comes back instead of vanishing) and
-confirmed. Everything that stops that from happening is a typed ``QueueError``.
+The producer, the router task and its fallbacks, webhook deliveries and dead-letter replays all
+publish through ``ConfirmedPublisher``. A publish returns only once the broker has taken
+responsibility for the message: persistent (delivery mode 2), ``mandatory`` (an unroutable
+message comes back instead of vanishing) and confirmed within ``publish_confirm_timeout_s``.
+Everything that stops that is a typed ``QueueError``.
 
-The body is Celery's task message protocol 2 in JSON, so the Celery worker consumes it like any
-task it sent itself; pika gives what Celery's own publisher does not: a confirm timeout and the
-broker's nack and return as exceptions.
+kombu carries it (``confirm_publish`` with a confirm timeout, ``on_return`` for returned
+messages) and Celery builds the message (``app.amqp.as_task_v2``), so the worker consumes
+exactly what Celery itself would send. bench/publisher.py measured it against pika's
+BlockingConnection on the same broker and kept the faster.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import pika
-import pika.exceptions
+from amqp.exceptions import AMQPError, MessageNacked, PreconditionFailed
+from amqp.exceptions import ConnectionError as AMQPConnectionError
+from celery import Celery
+from kombu import Connection, Exchange, Producer, Queue
+from kombu.exceptions import KombuError
 
 from infermq.errors import QueueFull, QueueUnavailable
+from infermq.jobs import JobMessage, TaskType
+from infermq.keys import ROUTE_JOB_TASK, RUN_JOB_TASK
 from infermq.settings import Settings
-from infermq.task_message import celery_task_message
 from routing.topology import QueueSpec, Topology
 
+ORIGIN = "infermq"
+"""The ``origin`` header of every message infermq sends (Celery's worker logs it)."""
 
-@dataclass
-class _Channel:
-    connection: pika.BlockingConnection
-    channel: Any
+CONNECTIONS = 64
+"""Connections the publisher keeps at most: one per thread publishing at the same time (the
+gateway's request threads, a benchmark's submitters); a thread waits for a free one up to the
+confirm timeout."""
+
+
+def kombu_queue(spec: QueueSpec, exchange: Exchange) -> Queue:
+    """The kombu declaration of ``spec``, bound to ``exchange`` by its routing key."""
+    return Queue(spec.name, exchange=exchange, routing_key=spec.routing_key, durable=True,
+                 queue_arguments=spec.arguments)
+
+
+def topology_queues(topology: Topology) -> list[Queue]:
+    """Every queue of ``topology``, each bound to its exchange (the dead-letter queue to the
+    fanout dead-letter exchange): declaring them all declares the topology."""
+    names = topology.names
+    exchange = Exchange(names.exchange, type="direct", durable=True)
+    dead_exchange = Exchange(names.dead_letter_exchange, type="fanout", durable=True)
+    dead = topology.dead_queue
+    return [*(kombu_queue(spec, exchange)
+              for spec in (*topology.work_queues, topology.webhook_queue)),
+            Queue(dead.name, exchange=dead_exchange, routing_key="", durable=True,
+                  queue_arguments=dead.arguments)]
+
+
+class _ConnectionLost(Exception):
+    """A pooled connection turned out dead mid-publish (its cause is the error)."""
 
 
 class ConfirmedPublisher:
-    """A pool of confirmed AMQP channels, each used by one thread at a time; declares the
-    topology once per connection.
-
-    Pooled rather than one per thread: a thread that ends (a request's worker thread, a
-    benchmark round's submitters) would otherwise leave its connection open and its successor
-    would pay a new connection and topology declaration.
-    """
+    """A pool of confirmed AMQP connections, each used by one thread at a time; declares the
+    topology once per connection (again after a reconnect). Safe to share between threads."""
 
     def __init__(self, settings: Settings, topology: Topology) -> None:
         self._settings = settings
         self._topology = topology
-        self._idle: list[_Channel] = []
-        self._all: list[_Channel] = []
+        self._timeout_s = settings.publish_confirm_timeout_s
+        self._exchange = Exchange(topology.names.exchange, type="direct", durable=True)
+        self._declarations = topology_queues(topology)
+        self._queues = {queue.name: queue for queue in self._declarations}
+        self._broker = Connection(
+            settings.broker_url, connect_timeout=self._timeout_s,
+            # One connection attempt: a broker that is down is a QueueUnavailable now, not a
+            # submit that hangs in kombu's reconnect loop.
+            transport_options={"confirm_publish": True, "max_retries": 0})
+        self._pool = self._broker.Pool(limit=CONNECTIONS)
+        self._declared: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self._amqp = Celery("infermq-publisher", set_as_current=False).amqp
+        self._returned: set[str] = set()
         self._lock = threading.Lock()
 
     def _broker_address(self) -> str:
         parts = urlsplit(self._settings.broker_url)
         return f"{parts.hostname}:{parts.port or 5672}"
 
-    def _open(self) -> _Channel:
-        parameters = pika.URLParameters(self._settings.broker_url)
-        parameters.blocked_connection_timeout = self._settings.publish_confirm_timeout_s
-        parameters.socket_timeout = self._settings.publish_confirm_timeout_s
-        parameters.connection_attempts = 1
-        try:
-            connection = pika.BlockingConnection(parameters)
-            channel = connection.channel()
-            channel.confirm_delivery()
-            declare_topology(channel, self._topology)
-        except pika.exceptions.ChannelClosedByBroker as e:
-            with contextlib.suppress(Exception):
-                connection.close()
-            if e.reply_code == 406:
-                raise QueueUnavailable(
-                    f"RabbitMQ refused to declare infermq's queues: {e.reply_text}. A queue of "
-                    f"namespace {self._topology.names.namespace!r} exists with other arguments "
-                    "(an older infermq?): delete it (`rabbitmqctl delete_queue <name>`) or set "
-                    "INFERMQ_NAMESPACE to a new one"
-                ) from e
-            raise QueueUnavailable(f"RabbitMQ refused infermq's topology: {e.reply_text}") from e
-        except pika.exceptions.AMQPError as e:
-            raise QueueUnavailable(
-                f"RabbitMQ at {self._broker_address()} refused the connection ({e!r}): is it "
-                "running? `infermq services` starts it."
-            ) from e
-        opened = _Channel(connection, channel)
-        with self._lock:
-            self._all.append(opened)
-        return opened
+    def publish(self, queue: QueueSpec | Queue, task: str, task_id: str, *,
+                kwargs: dict[str, Any] | None = None, args: Sequence[Any] = (),
+                priority: int = 0, expiration_s: float | None = None) -> None:
+        """Publishes a Celery message that calls ``task(*args, **kwargs)`` with id ``task_id``
+        to ``queue`` and returns once the broker confirmed it. ``queue`` is a queue of the
+        topology (declared with it, once per connection) or any kombu ``Queue`` (declared by
+        kombu on its first use per connection: a webhook retry's delay queue, whose TTL is
+        ``expiration_s``).
 
-    def _take(self) -> _Channel:
-        """An idle open channel (the most recently used), or a new one."""
-        while True:
-            with self._lock:
-                current = self._idle.pop() if self._idle else None
-            if current is None:
-                return self._open()
-            if current.channel.is_open:
-                return current
-            self._discard(current)
-
-    def _give_back(self, current: _Channel) -> None:
-        with self._lock:
-            if current in self._all:  # not discarded or closed meanwhile
-                self._idle.append(current)
-
-    def _discard(self, current: _Channel) -> None:
-        with self._lock:
-            if current in self._all:
-                self._all.remove(current)
-        with contextlib.suppress(Exception):
-            current.connection.close()
-
-    def publish(
-        self, queue: QueueSpec, task: str, task_id: str, kwargs: dict[str, Any], priority: int
-    ) -> None:
-        """Publishes a task message to ``queue`` and returns once the broker confirmed it.
+        A connection that broke since its last use (the broker restarted) is replaced and the
+        publish tried once more on a new one: the broker confirmed nothing on the dead one, and
+        should it have queued the message anyway, the job's row makes the second copy a no-op.
 
         Raises:
             QueueFull: the queue is at its length limit and refused the message.
             QueueUnavailable: the broker is unreachable, dropped the connection, returned the
                 message as unroutable, nacked it, or did not confirm in time.
         """
-        body, headers = celery_task_message(task, task_id, kwargs)
-        properties = pika.BasicProperties(
-            content_type="application/json",
-            content_encoding="utf-8",
-            delivery_mode=pika.DeliveryMode.Persistent,
-            priority=priority,
-            correlation_id=task_id,
-            message_id=task_id,
-            headers=headers,
-        )
-        current = self._take()
-        timed_out = threading.Event()
+        if isinstance(queue, Queue):
+            target, declare = queue, [queue]
+        else:
+            target = self._queues.get(queue.name) or kombu_queue(queue, self._exchange)
+            declare = []
+        message = self._amqp.as_task_v2(
+            task_id, task, args=tuple(args), kwargs=kwargs or {}, argsrepr=repr(tuple(args)),
+            kwargsrepr=f"{{job {task_id}}}" if kwargs else "{}", origin=ORIGIN,
+            ignore_result=True)
+        options = {"headers": message.headers, "priority": priority,
+                   "expiration": expiration_s, "message_id": task_id, **message.properties}
+        for last_try in (False, True):
+            try:
+                self._publish_once(target, message.body, task_id, declare, options)
+                return
+            except _ConnectionLost as lost:
+                if last_try:
+                    raise QueueUnavailable(
+                        f"lost the connection to RabbitMQ at {self._broker_address()} while "
+                        f"publishing job {task_id} ({lost.__cause__!r}); the job was not "
+                        "queued, submit it again") from lost.__cause__
 
-        def abort_unconfirmed() -> None:
-            timed_out.set()
-            current.connection._impl._terminate_stream(
-                pika.exceptions.StreamLostError("no publisher confirm in time")
-            )
+    def publish_job(self, message: JobMessage) -> None:
+        """Publishes ``message`` as a task on the queue its task type, model and priority name
+        (an ``auto`` job: the route queue's band); raises as ``publish``."""
+        if message.task_type == TaskType.AUTO:
+            queue = self._topology.band_for(self._topology.route_queue, message.priority)
+            task = ROUTE_JOB_TASK
+        else:
+            queue = self._topology.queue_for(message.task_type.value, message.model,
+                                             message.priority)
+            task = RUN_JOB_TASK
+        self.publish(queue, task, message.job_id,
+                     kwargs={"message": message.model_dump(mode="json")},
+                     priority=message.priority)
 
-        # BlockingConnection.call_later timers do not fire while basic_publish waits for the
-        # confirm; the underlying ioloop's timers do, and dropping the stream ends the wait.
-        timer = current.connection._impl.ioloop.call_later(
-            self._settings.publish_confirm_timeout_s, abort_unconfirmed
-        )
-        discarded = False
+    def _publish_once(self, target: Queue, body: Any, task_id: str, declare: list[Queue],
+                      options: dict[str, Any]) -> None:
         try:
-            current.channel.basic_publish(
-                exchange=self._topology.names.exchange,
-                routing_key=queue.routing_key,
-                body=body,
-                properties=properties,
-                mandatory=True,
-            )
-        except pika.exceptions.UnroutableError as e:
+            connection = self._pool.acquire(block=True, timeout=self._timeout_s)
+        except KombuError as e:
             raise QueueUnavailable(
-                f"RabbitMQ returned job {task_id} as unroutable: queue {queue.name} is not "
-                "bound; run `infermq migrate` or start a worker to declare the queues"
-            ) from e
-        except pika.exceptions.NackError as e:
-            if self._is_full(current, queue):
-                raise QueueFull(
-                    f"queue {queue.name} is full and refused job {task_id}: retry later, or "
-                    "start more workers (`infermq worker`)"
-                ) from e
-            raise QueueUnavailable(f"RabbitMQ refused job {task_id} on {queue.name}") from e
-        except (pika.exceptions.AMQPError, OSError) as e:
-            discarded = True
-            self._discard(current)
-            if timed_out.is_set():
-                raise QueueUnavailable(
-                    f"RabbitMQ at {self._broker_address()} did not confirm job {task_id} within "
-                    f"{self._settings.publish_confirm_timeout_s} s; it may be overloaded or "
-                    "unreachable; the job was not queued, submit it again"
-                ) from e
-            raise QueueUnavailable(
-                f"lost the connection to RabbitMQ at {self._broker_address()} while publishing "
-                f"job {task_id} ({e!r}); the job was not queued, submit it again"
-            ) from e
+                f"all {CONNECTIONS} publisher connections stayed busy for {self._timeout_s} s; "
+                f"job {task_id} was not queued, submit it again") from e
+        try:
+            self._publish_on(connection, target, body, task_id, declare, options)
         finally:
-            current.connection._impl.ioloop.remove_timeout(timer)
-            if not discarded:
-                self._give_back(current)
+            connection.release()
 
-    def _is_full(self, current: _Channel, queue: QueueSpec) -> bool:
-        limit = queue.arguments.get("x-max-length")
+    def _publish_on(self, connection: Connection, target: Queue, body: Any, task_id: str,
+                    declare: list[Queue], options: dict[str, Any]) -> None:
+        try:
+            producer = Producer(connection, on_return=self._on_return)
+            if connection not in self._declared:
+                for queue in self._declarations:
+                    queue(producer.channel).declare()
+                self._declared.add(connection)
+            producer.publish(
+                body, exchange=target.exchange, routing_key=target.routing_key,
+                serializer="json", delivery_mode=2, mandatory=True, retry=False, declare=declare,
+                timeout=self._timeout_s, confirm_timeout=self._timeout_s, **options)
+        except MessageNacked as e:
+            if self._is_full(connection, target):
+                raise QueueFull(
+                    f"queue {target.name} is full and refused job {task_id}: retry later, or "
+                    "start more workers (`infermq worker`)") from e
+            raise QueueUnavailable(f"RabbitMQ refused job {task_id} on {target.name}") from e
+        except TimeoutError as e:
+            self._collect(connection)
+            raise QueueUnavailable(
+                f"RabbitMQ at {self._broker_address()} did not confirm job {task_id} within "
+                f"{self._timeout_s} s; it may be overloaded or unreachable; the job was not "
+                "queued, submit it again") from e
+        except KombuError as e:  # kombu's OperationalError: the connection could not be made
+            self._collect(connection)
+            raise QueueUnavailable(
+                f"RabbitMQ at {self._broker_address()} refused the connection ({e!r}): is it "
+                "running? `infermq services` starts it.") from e
+        except (OSError, AMQPConnectionError) as e:
+            # A socket that died since this connection's last use (the broker restarted,
+            # closed it, or it was cut): nothing was confirmed; the caller tries a new one.
+            self._collect(connection)
+            raise _ConnectionLost from e
+        except PreconditionFailed as e:
+            self._collect(connection)
+            raise QueueUnavailable(
+                f"RabbitMQ refused to declare infermq's queues: {e.reply_text}. A queue of "
+                f"namespace {self._topology.names.namespace!r} exists with other arguments "
+                "(an older infermq?): delete it (`rabbitmqctl delete_queue <name>`) or set "
+                "INFERMQ_NAMESPACE to a new one") from e
+        except AMQPError as e:
+            self._collect(connection)
+            raise QueueUnavailable(
+                f"RabbitMQ refused job {task_id} on {target.name} ({e!r})") from e
+        with self._lock:
+            returned = task_id in self._returned
+            self._returned.discard(task_id)
+        if returned:
+            raise QueueUnavailable(
+                f"RabbitMQ returned job {task_id} as unroutable: queue {target.name} is not "
+                "bound; run `infermq migrate` or start a worker to declare the queues")
+
+    def _collect(self, connection: Connection) -> None:
+        self._declared.discard(connection)
+        connection.collect()
+
+    def _on_return(self, exception: Exception, exchange: str, routing_key: str,
+                   message: Any) -> None:
+        """The broker sends an unroutable message back before its confirm: remembered by id,
+        so the publish that is waiting for that confirm raises instead of returning."""
+        with self._lock:
+            self._returned.add(str(message.properties.get("message_id")))
+
+    def _is_full(self, connection: Connection, target: Queue) -> bool:
+        limit = (getattr(target, "queue_arguments", None) or {}).get("x-max-length")
         if not isinstance(limit, int):
             return False
         try:
-            depth = current.channel.queue_declare(queue.name, passive=True)
-        except pika.exceptions.AMQPError:
+            _, depth, _ = connection.default_channel.queue_declare(target.name, passive=True)
+        except (AMQPError, OSError):
             return False
-        return int(depth.method.message_count) >= limit
+        return int(depth) >= limit
 
     def close(self) -> None:
-        with self._lock:
-            channels, self._all, self._idle = self._all, [], []
-        for current in channels:
-            with contextlib.suppress(Exception):
-                current.connection.close()
-
-
-def declare_topology(channel: Any, topology: Topology) -> None:
-    """Declares every exchange and queue of ``topology``; idempotent."""
-    names = topology.names
-    channel.exchange_declare(names.exchange, exchange_type="direct", durable=True)
-    channel.exchange_declare(names.dead_letter_exchange, exchange_type="fanout", durable=True)
-    for queue in (*topology.work_queues, topology.webhook_queue):
-        channel.queue_declare(queue.name, durable=True, arguments=queue.arguments)
-        channel.queue_bind(queue.name, names.exchange, routing_key=queue.routing_key)
-    dead = topology.dead_queue
-    channel.queue_declare(dead.name, durable=True, arguments=dead.arguments)
-    channel.queue_bind(dead.name, names.dead_letter_exchange, routing_key="")
+        self._pool.force_close_all()
+        self._broker.release()
 
 
 def delete_topology(channel: Any, topology: Topology, extra_queues: Sequence[str] = ()) -> None:
-    """Deletes every queue and exchange of ``topology`` (and ``extra_queues``): the undo of
-    ``declare_topology``, for tests and benchmarks that own a namespace."""
+    """Deletes every queue and exchange of ``topology`` (and ``extra_queues``) on a kombu or
+    py-amqp channel: the undo of the publisher's declaration, for tests and benchmarks that
+    own a namespace."""
     names = topology.names
-    queues = [q.name for q in (*topology.work_queues, topology.webhook_queue,
-                               topology.dead_queue)]
-    for queue in (*queues, *extra_queues):
+    for queue in (*(q.name for q in topology_queues(topology)), *extra_queues):
         channel.queue_delete(queue)
     for exchange in (names.exchange, names.dead_letter_exchange):
         channel.exchange_delete(exchange)

@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from infermq.keys import QueueNames
-from infermq.registry import Registry
+from infermq.registry import Registry, load_registry
+from infermq.settings import Settings
 
 MAX_PRIORITY = 9
 LOW_BAND_BELOW = 5
@@ -121,3 +122,9 @@ def build_topology(registry: Registry, names: QueueNames, max_length: int) -> To
         ),
         dead_queue=QueueSpec(names.dead, names.dead, {"x-queue-type": "classic"}),
     )
+
+
+def topology_for(settings: Settings) -> Topology:
+    """The topology of the settings' registry, namespace and queue length limit."""
+    registry = load_registry(settings.registry_path)
+    return build_topology(registry, QueueNames(settings.namespace), settings.queue_max_length)

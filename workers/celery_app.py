@@ -13,12 +13,11 @@ from typing import Any
 
 from celery import Celery
 from celery.worker.consumer.consumer import Consumer
-from kombu import Exchange, Queue
+from kombu import Exchange
 
-from infermq.keys import QueueNames
-from infermq.registry import load_registry
 from infermq.settings import Settings
-from routing.topology import QueueSpec, Topology, build_topology
+from producer.publisher import kombu_queue
+from routing.topology import topology_for
 
 
 class DeadLetteringConsumer(Consumer):
@@ -41,21 +40,6 @@ class DeadLetteringConsumer(Consumer):
         (Flower's view is best effort). Task messages (retries) keep their confirms."""
         return self.ensure_connected(self.app.connection_for_write(
             url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False}))
-
-
-def kombu_queue(spec: QueueSpec, exchange: Exchange) -> Queue:
-    return Queue(
-        spec.name,
-        exchange=exchange,
-        routing_key=spec.routing_key,
-        durable=True,
-        queue_arguments=spec.arguments,
-    )
-
-
-def topology_for(settings: Settings) -> Topology:
-    registry = load_registry(settings.registry_path)
-    return build_topology(registry, QueueNames(settings.namespace), settings.queue_max_length)
 
 
 def create_app(settings: Settings) -> Celery:

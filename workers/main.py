@@ -11,6 +11,7 @@ from celery import signals
 from celery.utils.nodenames import host_format
 
 from infermq.settings import Settings
+from producer.publisher import ConfirmedPublisher
 from stores.connections import get_redis
 from stores.database import get_engine
 from workers.celery_app import create_app
@@ -19,7 +20,6 @@ from workers.low_band import LowBand, low_band_step
 from workers.metrics import WorkerMetrics
 from workers.model_demand import ModelDemand
 from workers.route_task import (
-    ConfirmedJobPublisher,
     Fallbacks,
     JobRouter,
     RouterSlot,
@@ -56,9 +56,9 @@ def run_worker(
     # What the job runner calls, all given here: live metrics, the router's fallbacks for a
     # routed job its model fails, webhook delivery after the commit.
     metrics = WorkerMetrics(settings, host_format(name), model_queues, get_redis(settings))
-    publisher = ConfirmedJobPublisher(app, topology, settings.publish_confirm_timeout_s)
+    publisher = ConfirmedPublisher(settings, topology)
     fallbacks = Fallbacks(get_engine(settings), job_state_store(settings), publisher)
-    webhooks = register_webhook_task(app, settings)
+    webhooks = register_webhook_task(app, settings, publisher)
     runtime = WorkerRuntime(settings, model_names, hooks=[fallbacks, webhooks], metrics=metrics)
     register_tasks(app, runtime)
     router_slot = RouterSlot()

@@ -19,10 +19,8 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from amqp.exceptions import MessageNacked
 from celery import Celery, Task
 from celery.exceptions import Reject
-from kombu import Exchange
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
@@ -37,10 +35,10 @@ from infermq.errors import (
     QueueUnavailable,
 )
 from infermq.jobs import JobMessage, JobResult, JobStatus, RouteRecord, TaskType
-from infermq.keys import ROUTE_JOB_TASK, RUN_JOB_TASK, RedisKeys
+from infermq.keys import ROUTE_JOB_TASK, RedisKeys
 from infermq.registry import Registry
 from infermq.settings import Settings
-from infermq.task_message import celery_task_message
+from producer.publisher import ConfirmedPublisher
 from routing.metrics import ModelMetrics
 from routing.qos import ErrorCooldowns, QosPolicy
 from routing.request_classes import (
@@ -53,12 +51,10 @@ from routing.request_classes import (
     load_training_requests,
     request_text,
 )
-from routing.topology import Topology
 from stores.connections import get_redis
 from stores.jobstore import get_job, record_route, set_status
 from stores.live_metrics import read_model_metrics
 from stores.results import JobStateStore
-from workers.celery_app import kombu_queue
 from workers.execution import RUNNABLE
 from workers.runner_hooks import RunnerHooks
 from workers.tasks import MAX_TRANSIENT_RETRIES
@@ -71,55 +67,11 @@ METRICS_REFRESH_S = 1.0
 seconds, so reading Redis for every routed job would only repeat the same figures."""
 
 
-class ConfirmedJobPublisher:
-    """Publishes job messages from a worker (kombu, through the Celery app's producer pool)
-    and returns only once the broker confirmed them: persistent, ``mandatory``, with the
-    target queue declared first, so a job is never dropped between the router and its model.
-    """
-
-    def __init__(self, app: Celery, topology: Topology, confirm_timeout_s: float) -> None:
-        self.app = app
-        self.topology = topology
-        self.confirm_timeout_s = confirm_timeout_s
-        self.exchange = Exchange(topology.names.exchange, type="direct", durable=True)
-
-    def publish(self, message: JobMessage) -> None:
-        """Publishes ``message`` to its task type's and model's queue as a run-job task.
-
-        Raises:
-            QueueFull: the queue is at its length limit (the broker nacked the message).
-            QueueUnavailable: the broker is unreachable, returned or did not confirm it.
-        """
-        spec = self.topology.queue_for(message.task_type.value, message.model,
-                                       message.priority)
-        body, headers = celery_task_message(
-            RUN_JOB_TASK, message.job_id, {"message": message.model_dump(mode="json")})
-        try:
-            with self.app.producer_pool.acquire(block=True,
-                                                timeout=self.confirm_timeout_s) as producer:
-                producer.publish(
-                    body, exchange=self.exchange, routing_key=spec.routing_key,
-                    declare=[kombu_queue(spec, self.exchange)], headers=headers,
-                    priority=message.priority, delivery_mode=2, mandatory=True, retry=False,
-                    content_type="application/json", content_encoding="utf-8",
-                    correlation_id=message.job_id, message_id=message.job_id,
-                    timeout=self.confirm_timeout_s,
-                )
-        except MessageNacked as e:
-            # Job queues overflow with reject-publish: a nack is the queue at its length limit.
-            raise QueueFull(f"queue {spec.name} refused job {message.job_id}: it is full") from e
-        except Exception as e:  # noqa: BLE001 - kombu and py-amqp raise many types: not taken
-            raise QueueUnavailable(
-                f"RabbitMQ did not take job {message.job_id} for {spec.name} ({e!r}); it stays "
-                "on the route queue and is retried"
-            ) from e
-
-
 class Fallbacks(RunnerHooks):
     """Moves a routed job that its model failed to the next of its fallbacks."""
 
     def __init__(self, database: Engine, state: JobStateStore,
-                 publisher: ConfirmedJobPublisher) -> None:
+                 publisher: ConfirmedPublisher) -> None:
         self.database = database
         self.state = state
         self.publisher = publisher
@@ -149,7 +101,7 @@ class Fallbacks(RunnerHooks):
                 record_route(connection, message.job_id, model, reason)
             self.state.mark_status(message.job_id, JobStatus.QUEUED)
             try:
-                self.publisher.publish(moved)
+                self.publisher.publish_job(moved)
             except QueueFull:
                 tried = (*tried, model)
                 continue
@@ -170,7 +122,7 @@ class JobRouter:
         registry: Registry,
         database: Engine,
         state: JobStateStore,
-        publisher: ConfirmedJobPublisher,
+        publisher: ConfirmedPublisher,
         embed: Embed,
         classes: Mapping[str, RequestClass] | None = None,
         policy: QosPolicy | None = None,
@@ -272,7 +224,7 @@ class JobRouter:
             with self.database.begin() as connection:
                 record_route(connection, message.job_id, decision.model, decision.reason)
             try:
-                self.publisher.publish(routed)
+                self.publisher.publish_job(routed)
             except QueueFull:
                 full.append(decision.model)
                 continue

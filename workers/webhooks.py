@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable
 
 import httpx
@@ -28,6 +29,8 @@ from infermq.keys import DELIVER_WEBHOOK_TASK, QueueNames, RedisKeys
 from infermq.settings import Settings
 from infermq.webhook_policy import pin_webhook_target
 from infermq.webhook_signature import SIGNATURE_HEADER, sign
+from producer.publisher import ConfirmedPublisher
+from routing.topology import QueueSpec, topology_for
 from stores.apikeys import tenant_webhook_secret
 from stores.connections import get_redis
 from stores.database import get_engine
@@ -153,22 +156,30 @@ class FirstWebhookAttempt(RunnerHooks):
         self.send(outbox_id)
 
 
-def register_webhook_task(app: Celery, settings: Settings) -> FirstWebhookAttempt:
+def register_webhook_task(app: Celery, settings: Settings,
+                          publisher: ConfirmedPublisher) -> FirstWebhookAttempt:
     """Registers ``infermq.deliver_webhook`` on ``app``; returns the runner hook that sends a
-    first delivery attempt of an outbox row (after the job's commit)."""
+    first delivery attempt of an outbox row (after the job's commit). Attempts are published
+    through ``publisher``: confirmed, so a committed outbox row's attempt is not lost on the
+    way (the outbox sweep would find it, late)."""
     names = QueueNames(settings.namespace)
+    webhook_queue = topology_for(settings).webhook_queue
     http = httpx.Client(timeout=settings.webhook_timeout_s)
 
     @app.task(name=DELIVER_WEBHOOK_TASK, acks_late=True, ignore_result=True)
     def deliver_webhook(outbox_id: int, attempt: int = 0) -> None:
         sender.deliver(outbox_id, attempt)
 
+    def send(queue: Queue | QueueSpec, outbox_id: int, attempt: int,
+             delay_s: float | None = None) -> None:
+        publisher.publish(queue, DELIVER_WEBHOOK_TASK, str(uuid.uuid4()),
+                          args=(outbox_id, attempt), expiration_s=delay_s)
+
     def schedule_retry(outbox_id: int, attempt: int, delay_s: float) -> None:
-        deliver_webhook.apply_async(args=[outbox_id, attempt], queue=delay_queue(names, attempt),
-                                    expiration=delay_s)
+        send(delay_queue(names, attempt), outbox_id, attempt, delay_s)
 
     def send_first_attempt(outbox_id: int) -> None:
-        deliver_webhook.apply_async(args=[outbox_id, 0], queue=names.webhooks)
+        send(webhook_queue, outbox_id, 0)
 
     state = JobStateStore(get_redis(settings), RedisKeys(settings.redis_prefix),
                           settings.result_ttl_s)

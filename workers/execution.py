@@ -153,7 +153,7 @@ class JobRunner:
                 self.audit.after_semantic_hit(message, cached.entry)
             return committed
         try:
-            output = self._run_engine(message, turn, row, delivery)
+            output = self._run_engine(message, turn, unfinished, earlier_solo_runs, delivery)
         except EngineError as e:
             for hook in self.hooks:
                 hook.job_ended(message, None)
@@ -171,9 +171,9 @@ class JobRunner:
         )
         return self._commit(message, result, turn)
 
-    def _run_engine(self, message: JobMessage, turn: Turn | None, row: JobRow,
-                    delivery: Delivery) -> EngineOutput:
-        """Runs the job in the engine once the isolation gate admits it at its level (its
+    def _run_engine(self, message: JobMessage, turn: Turn | None, level: int,
+                    earlier_solo_runs: int, delivery: Delivery) -> EngineOutput:
+        """Runs the job in the engine once the isolation gate admits it at ``level`` (its
         earlier deliveries that did not finish); a run alone is counted before it starts."""
         request = EngineRequest(
             job_id=message.job_id,
@@ -184,16 +184,13 @@ class JobRunner:
             timeout_s=message.timeout_s,
             on_token=lambda text: self._stream_token(message.job_id, text),
         )
-        level = row.attempts - 1
-
         def submit() -> Future[EngineOutput]:
             if self.isolation.runs_alone(level) and not delivery.solo_run_counted:
                 self.commits.count_solo_run(message.job_id)
                 delivery.solo_run_counted = True
             return self.submit_to_engine(message.model, request)
 
-        future = self.isolation.submit_admitted(
-            level, row.solo_runs - int(delivery.solo_run_counted), submit)
+        future = self.isolation.submit_admitted(level, earlier_solo_runs, submit)
         # The batcher enforces timeout_s; the margin only guards against a lost future.
         return future.result(timeout=message.timeout_s + 30)
 

@@ -22,7 +22,7 @@ from workers.engines.paged.engine import PagedEngine
 PAGED_REGISTRY = Path(__file__).parent / "data" / "registry_paged_test.toml"
 MODEL = "gpt2-tiny-paged"
 WAIT_S = 180
-PARAMS = GenerationParams(max_new_tokens=48)
+PARAMS = GenerationParams(max_new_tokens=200)
 
 
 @pytest.fixture

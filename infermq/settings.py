@@ -42,7 +42,10 @@ class Settings(BaseSettings):
 
     publish_confirm_timeout_s: float = Field(default=10.0, gt=0)
     queue_max_length: int = Field(default=100_000, ge=1)
-    max_attempts: int = Field(default=3, ge=1, description="deliveries before a job is dead")
+    max_attempts: int = Field(
+        default=3, ge=1,
+        description="runs alone in the engine that did not finish (the worker died) before a "
+        "job is dead (workers/isolation.py)")
     result_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     default_timeout_s: float = Field(default=120.0, gt=0)
 

@@ -37,6 +37,8 @@ jobs = Table(
     Column("priority", Integer, nullable=False),
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, server_default="0"),
+    # Deliveries that entered the engine alone, as a suspect (workers/isolation.py).
+    Column("solo_runs", Integer, nullable=False, server_default="0"),
     Column("input", JSONB, nullable=False),
     Column("params", JSONB, nullable=False),
     Column("timeout_s", Float, nullable=False),

@@ -48,6 +48,7 @@ class JobRow:
     tenant: str | None
     created_at: datetime
     route_reason: str | None = None
+    solo_runs: int = 0
 
 
 def _row(record: Any) -> JobRow:
@@ -62,6 +63,7 @@ def _row(record: Any) -> JobRow:
         tenant=record.tenant,
         created_at=record.created_at,
         route_reason=record.route_reason,
+        solo_runs=record.solo_runs,
     )
 
 
@@ -217,7 +219,7 @@ WITH previous AS (
                           ELSE jobs.started_at END
     FROM previous WHERE jobs.id = previous.id
     RETURNING jobs.id, jobs.status, jobs.attempts, jobs.model, jobs.task_type, jobs.result,
-              jobs.error, jobs.tenant, jobs.created_at, jobs.route_reason,
+              jobs.error, jobs.tenant, jobs.created_at, jobs.route_reason, jobs.solo_runs,
               previous.status AS previous_status
 ), recorded AS (
     INSERT INTO job_transitions (job_id, status, detail)
@@ -322,6 +324,18 @@ def begin_attempts(connection: Connection, job_ids: Sequence[str]) -> dict[str, 
     records = connection.execute(
         _BEGIN_ATTEMPTS, {"ids": sorted(job_ids), "now": _now()}).all()
     return {record.id: _row(record) for record in records}
+
+
+_COUNT_SOLO_RUNS = text("""
+UPDATE jobs SET solo_runs = solo_runs + 1
+WHERE id = ANY(CAST(:ids AS text[]))
+""")
+
+
+def count_solo_runs(connection: Connection, job_ids: Sequence[str]) -> None:
+    """Counts one more run alone in the engine for each job (workers/isolation.py), before it
+    enters, so that a crash during it is charged to that job."""
+    connection.execute(_COUNT_SOLO_RUNS, {"ids": sorted(job_ids)})
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 
 import pika
@@ -18,8 +19,10 @@ from stores.connections import get_redis
 from stores.jobstore import get_job, transitions_of
 from tests.support import WorkerProcess, queue_depth, take_dead_letters
 from tests.tcp_proxy import TcpProxy
+from workers.isolation import levels_before_solo
 
 GATE_WAIT_S = 120
+SLOTS = 4
 
 
 def wait_at_gate(settings: Settings, name: str) -> str:
@@ -58,6 +61,13 @@ def test_worker_killed_mid_job_loses_nothing(
     assert get_job(client.engine, job.id).attempts == 2
 
 
+def crashes_before_dead(settings: Settings, slots: int) -> int:
+    """The crashes a job that kills every worker it runs in causes before it is dead: its
+    clean delivery, the group levels of a worker of ``slots``, then ``max_attempts`` alone."""
+    held = settings.model_copy(update={"worker_slots": slots}).task_threads
+    return 1 + levels_before_solo(held) + settings.max_attempts
+
+
 def test_job_that_kills_its_worker_every_time_ends_dead(
     echo_settings: Settings,
     start_worker: Callable[..., WorkerProcess],
@@ -66,10 +76,10 @@ def test_job_that_kills_its_worker_every_time_ends_dead(
     settings = echo_settings.model_copy(update={"max_attempts": 2})
     client = client_for(settings)
     job = client.submit("embed", "crash on every delivery")
-    for _ in range(settings.max_attempts):
-        worker = start_worker(settings, ["echo"])
+    for _ in range(crashes_before_dead(settings, SLOTS)):
+        worker = start_worker(settings, ["echo"], slots=SLOTS)
         assert worker.wait_exit(timeout_s=GATE_WAIT_S) != 0
-    start_worker(settings, ["echo"])
+    start_worker(settings, ["echo"], slots=SLOTS)
     with pytest.raises(JobFailed) as failed:
         job.result(timeout_s=GATE_WAIT_S)
     assert failed.value.status == "dead"
@@ -77,6 +87,51 @@ def test_job_that_kills_its_worker_every_time_ends_dead(
     assert letter["id"] == job.id
     # The worker that dead-lettered it keeps serving.
     assert client.submit("embed", "still alive").result(timeout_s=GATE_WAIT_S).output
+
+
+def wait_counted(client: Client, job_ids: list[str], attempts: int) -> None:
+    """Waits until each job's row counts ``attempts`` deliveries."""
+    deadline = time.monotonic() + GATE_WAIT_S
+    while any(get_job(client.engine, job_id).attempts < attempts for job_id in job_ids):
+        assert time.monotonic() < deadline, f"jobs not counted {attempts} times"
+        time.sleep(0.02)
+
+
+def test_poison_job_held_beside_innocent_jobs_is_the_only_one_dead(
+    echo_settings: Settings,
+    start_worker: Callable[..., WorkerProcess],
+    client_for: Callable[[Settings], Client],
+) -> None:
+    # Given a worker holding a job that kills it each time it runs, at the test's gate, and
+    # three innocent jobs counted beside it (they cannot finish: the engine is held)
+    settings = echo_settings.model_copy(update={"max_attempts": 2})
+    client = client_for(settings)
+    poison = client.submit("embed", "gate:poison crash")
+    worker = start_worker(settings, ["echo"], slots=SLOTS)
+    wait_at_gate(settings, "poison")
+    texts = [f"innocent {n} held beside the poison" for n in range(3)]
+    innocents = [client.submit("generate", text) for text in texts]
+    wait_counted(client, [job.id for job in innocents], attempts=1)
+    # When it kills every worker that runs it, and a new worker starts after each crash
+    for crash in range(crashes_before_dead(settings, SLOTS)):
+        if crash > 0:
+            worker = start_worker(settings, ["echo"], slots=SLOTS)
+            wait_at_gate(settings, "poison")
+        open_gate(settings, "poison")
+        assert worker.wait_exit(timeout_s=GATE_WAIT_S) != 0
+    start_worker(settings, ["echo"], slots=SLOTS)
+    # Then the poison job alone is dead, charged with its runs alone in the engine
+    with pytest.raises(JobFailed) as failed:
+        poison.result(timeout_s=GATE_WAIT_S)
+    assert failed.value.status == "dead"
+    assert f"{settings.max_attempts} of them alone" in str(failed.value)
+    [letter] = take_dead_letters(settings, 1)
+    assert letter["id"] == poison.id
+    # And every innocent job is done once, with its own output
+    for job, text in zip(innocents, texts, strict=True):
+        assert job.result(timeout_s=GATE_WAIT_S).output == text
+        assert transitions_of(client.engine, job.id).count("done") == 1
+    assert min(get_job(client.engine, job.id).attempts for job in innocents) >= 2
 
 
 def test_malformed_messages_end_dead_and_the_worker_keeps_serving(

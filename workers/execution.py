@@ -30,6 +30,7 @@ from stores.results import JobStateStore
 from workers.cache_audit import CacheAudit
 from workers.cache_steps import CacheSteps
 from workers.engines.base import EngineOutput, EngineRequest
+from workers.isolation import IsolationGate, unfinished_deliveries_allowed
 from workers.job_commits import JobCommits, TurnWriter
 from workers.runner_hooks import ModelGate, RunnerHooks
 from workers.session_steps import SessionSteps, Turn
@@ -62,10 +63,13 @@ class JobRunner:
         self.submit_to_engine = submit_to_engine
         self.models = models
         self.hooks = tuple(hooks)
+        # After a crash, the jobs it redelivers enter the engine in shrinking groups, so that
+        # the one at fault ends up alone (workers/isolation.py).
+        self.isolation = IsolationGate(settings.task_threads)
         self.sessions = SessionSteps(settings, database)
         self.cache = CacheSteps(settings)
         self.audit = CacheAudit(settings, self.cache.switches, self.cache.exact,
-                                submit_to_engine)
+                                self._submit_clean)
         self.commits = JobCommits(database)
 
     def run(self, payload: dict[str, Any], delivery: Delivery | None = None
@@ -113,8 +117,14 @@ class JobRunner:
             raise DeadLetter(f"job {message.job_id} has no row: it was not submitted by infermq")
         if row.status not in RUNNABLE:
             return self._finish_already_final(row)
-        if row.attempts > self.settings.max_attempts:
-            error = f"gave up after {row.attempts - 1} deliveries that did not finish"
+        unfinished = row.attempts - 1
+        # An in-place run again after a blip sees its own solo run counted already.
+        earlier_solo_runs = row.solo_runs - int(delivery.solo_run_counted)
+        if earlier_solo_runs >= self.settings.max_attempts or unfinished >= (
+                unfinished_deliveries_allowed(self.settings.max_attempts,
+                                              self.isolation.slots)):
+            error = (f"gave up after {unfinished} deliveries that did not finish, "
+                     f"{earlier_solo_runs} of them alone in the engine")
             self._end(message, JobStatus.DEAD, error=error)
             raise DeadLetter(f"job {message.job_id}: {error}")
         # The cancel check and the running mark in one Redis round trip.
@@ -143,7 +153,7 @@ class JobRunner:
                 self.audit.after_semantic_hit(message, cached.entry)
             return committed
         try:
-            output = self._run_engine(message, turn)
+            output = self._run_engine(message, turn, unfinished, earlier_solo_runs, delivery)
         except EngineError as e:
             for hook in self.hooks:
                 hook.job_ended(message, None)
@@ -161,7 +171,10 @@ class JobRunner:
         )
         return self._commit(message, result, turn)
 
-    def _run_engine(self, message: JobMessage, turn: Turn | None) -> EngineOutput:
+    def _run_engine(self, message: JobMessage, turn: Turn | None, level: int,
+                    earlier_solo_runs: int, delivery: Delivery) -> EngineOutput:
+        """Runs the job in the engine once the isolation gate admits it at ``level`` (its
+        earlier deliveries that did not finish); a run alone is counted before it starts."""
         request = EngineRequest(
             job_id=message.job_id,
             task_type=message.task_type,
@@ -171,9 +184,21 @@ class JobRunner:
             timeout_s=message.timeout_s,
             on_token=lambda text: self._stream_token(message.job_id, text),
         )
-        future = self.submit_to_engine(message.model, request)
+        def submit() -> Future[EngineOutput]:
+            if self.isolation.runs_alone(level) and not delivery.solo_run_counted:
+                self.commits.count_solo_run(message.job_id)
+                delivery.solo_run_counted = True
+            return self.submit_to_engine(message.model, request)
+
+        future = self.isolation.submit_admitted(level, earlier_solo_runs, submit)
         # The batcher enforces timeout_s; the margin only guards against a lost future.
         return future.result(timeout=message.timeout_s + 30)
+
+    def _submit_clean(self, model: str, request: EngineRequest) -> Future[EngineOutput]:
+        """``submit_to_engine`` through the isolation gate as a clean job (the cache audit's
+        runs: they must not share the engine with a suspect running alone)."""
+        return self.isolation.submit_admitted(
+            0, 0, partial(self.submit_to_engine, model, request))
 
     def _stream_token(self, job_id: str, text: str) -> None:
         """Best effort: a token that Redis did not take is not worth the job (its result is

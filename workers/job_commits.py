@@ -28,6 +28,7 @@ from stores.jobstore import (
     FinishedJob,
     JobRow,
     begin_attempts,
+    count_solo_runs,
     finish_done,
     set_status,
 )
@@ -36,6 +37,11 @@ from stores.outbox import record_webhook
 
 @dataclass(frozen=True)
 class _BeginAttempt:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class _CountSoloRun:
     job_id: str
 
 
@@ -62,7 +68,7 @@ class FinalCommitted:
     outbox_id: int | None
 
 
-_Write = _BeginAttempt | _CommitFinal
+_Write = _BeginAttempt | _CountSoloRun | _CommitFinal
 _Outcome = JobRow | FinalCommitted | SessionError | None
 
 
@@ -80,6 +86,15 @@ class JobCommits:
             OperationalError: PostgreSQL failed (transient; nothing was counted).
         """
         return cast(JobRow | None, self._committer.write(_BeginAttempt(job_id)))
+
+    def count_solo_run(self, job_id: str) -> None:
+        """``jobstore.count_solo_runs`` for this job, committed with the other threads' writes;
+        returns once committed, so a crash after it is charged to the job.
+
+        Raises:
+            OperationalError: PostgreSQL failed (transient; nothing was counted).
+        """
+        self._committer.write(_CountSoloRun(job_id))
 
     def commit_done(self, result: JobResult, has_webhook: bool,
                     write_turn: TurnWriter | None = None) -> FinalCommitted:
@@ -110,11 +125,14 @@ class JobCommits:
 
 
 def _write_group(connection: Connection, writes: Sequence[_Write]) -> list[_Outcome]:
-    """One transaction: the attempts counted, the ``done`` rows with their outbox rows, then
-    each session job's row, turn and outbox row, and each other ending, under a savepoint of
-    its own."""
+    """One transaction: the attempts and solo runs counted, the ``done`` rows with their
+    outbox rows, then each session job's row, turn and outbox row, and each other ending,
+    under a savepoint of its own."""
     attempted = [w.job_id for w in writes if isinstance(w, _BeginAttempt)]
     rows = begin_attempts(connection, attempted) if attempted else {}
+    alone = [w.job_id for w in writes if isinstance(w, _CountSoloRun)]
+    if alone:
+        count_solo_runs(connection, alone)
     done = [w for w in writes if isinstance(w, _CommitFinal) and w.write_turn is None
             and w.result.status is JobStatus.DONE]
     changed = finish_done(connection, [
@@ -128,7 +146,8 @@ def _write_group(connection: Connection, writes: Sequence[_Write]) -> list[_Outc
     for w in writes:
         if isinstance(w, _CommitFinal) and w.job_id not in outcomes:
             outcomes[w.job_id] = _write_alone(connection, w)
-    return [rows.get(w.job_id) if isinstance(w, _BeginAttempt) else outcomes[w.job_id]
+    return [rows.get(w.job_id) if isinstance(w, _BeginAttempt)
+            else None if isinstance(w, _CountSoloRun) else outcomes[w.job_id]
             for w in writes]
 
 

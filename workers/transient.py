@@ -35,6 +35,7 @@ class Delivery:
     """One delivery of a job message, across its in-place retries."""
 
     attempt_counted: bool = False
+    solo_run_counted: bool = False
 
 
 def backoff_s(failures: int, base_s: float = 0.1, cap_s: float = 5.0) -> float:

@@ -4,7 +4,8 @@ Inputs that start with an instruction change its behaviour, so a test can hold a
 the engine, kill the worker there, or make one job fail:
 
 - ``gate:<name> ...``: announce arrival on ``test_gate_entered(name)``, then block until the
-  test pushes to ``test_gate(name)``;
+  test pushes to ``test_gate(name)``, then obey the rest (``gate:<name> crash``: a crash the
+  test lets happen);
 - ``... pause:<name> ...`` (a later word of a generate input): the same gate, reached after the
   words before it were streamed, so a test sees a job paused mid-generation;
 - ``crash ...``: kill the worker process (SIGKILL), as a segfaulting model would;
@@ -77,6 +78,7 @@ class ScriptedEngine(Engine):
         word = text.split(maxsplit=1)[0] if text.strip() else ""
         if word.startswith("gate:"):
             self._wait_at_gate(word.removeprefix("gate:"), text)
+            self._obey(text.strip().removeprefix(word))
         elif word == "crash":
             os.kill(os.getpid(), signal.SIGKILL)
         elif word == "fail":

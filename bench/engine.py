@@ -24,13 +24,12 @@ On the H200 (device tool; the pydantic wheels installed, this tree copied to ``.
 
     cd .i16 && PYTHONPATH=. python -u bench/engine.py --models-dir .models
 
-Measured there (bench/results/engine-h200.txt and .png, both shapes in one 410 s run, Triton
-paged decode): uniform paged 21,833 vs static 21,161 tok/s (GPT-2-medium, 13 % of the limit)
-and 10,988 vs 11,329 (SmolLM2-1.7B, 15 %); mixed 20,399 vs 942 (21.7x) and 9,596 vs 4,851
-(1.98x); priority-9 TTFT 18-106 ms, 16-17 steps submit to done. The 50 %-of-limit goal is
-missed: a decode graph at 256 rows is 2.5 ms (GPT-2) / 6.7 ms (SmolLM2), half or more of it the
-attention kernel, and the engine core's own prefill and Python bookkeeping take about half of
-an offline run (the cProfile printed).
+Measured there (bench/results/engine-h200.txt; that run reached the GPT-2-medium rows only):
+uniform paged 23,581 vs static 20,796 tok/s (1.13x, 14 % of the limit; the engine core alone
+32,883), mixed 15,756 vs 1,037. The 50 %-of-limit goal is missed: a decode graph at 256 rows is
+2.56 ms against a 1.52 ms limit, the Triton attention kernel half of it, and each step still
+spends ~0.8 ms of host time with the GPU idle (one sync per step, no overlap). SmolLM2-1.7B rows
+of the previous code: 10,988 paged vs 11,329 static uniform (git history of that file).
 
 Imports torch, transformers and infermq's engine core only (the contracts need pydantic).
 """

@@ -53,6 +53,20 @@ class BlockManager:
             table.append(self._free.pop())
         return True
 
+    def reserve_all(self, wanted: list[tuple[Hashable, int]]) -> bool:
+        """Grows every held table to its token count at once when the free blocks cover all of
+        them; False (nothing taken) otherwise. A decode step's growth in one pass: most steps
+        need no new block at all."""
+        tables, size = self.tables, self.block_size
+        growing = [(tables[seq], -(-tokens // size) - len(tables[seq])) for seq, tokens in wanted]
+        growing = [(table, missing) for table, missing in growing if missing > 0]
+        if sum(missing for _, missing in growing) > len(self._free):
+            return False
+        for table, missing in growing:
+            for _ in range(missing):
+                table.append(self._free.pop())
+        return True
+
     def release(self, seq: Hashable) -> int:
         """Frees every block of ``seq`` (none held is fine); how many were freed."""
         table = self.tables.pop(seq, [])

@@ -12,7 +12,6 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from workers.engines.paged.blocks import BlockManager
@@ -92,38 +91,24 @@ class EngineCore:
         """Runs one scheduler step; sequences that reached their end are finished."""
         plan = self.scheduler.schedule()
         result = StepResult(plan)
-        new_tokens: list[int] = []
         stepped: list[Sequence] = []
+        picked: list[torch.Tensor] = []  # each part's next tokens, read with one sync
+        tables = self.blocks.tables
         if plan.prefill:
-            contexts = [seq.tokens() for seq in plan.prefill]
-            slot_lists = [[self.blocks.slot(seq.seq_id, i) for i in range(seq.length)]
-                          for seq in plan.prefill]
-            logits = self.model.prefill(contexts, slot_lists)
-            new_tokens += self._sample(plan.prefill, logits, logits.argmax(dim=-1))
+            logits = self.model.prefill([seq.tokens() for seq in plan.prefill],
+                                        [tables[seq.seq_id] for seq in plan.prefill])
+            picked.append(self._sample(plan.prefill, logits, logits.argmax(dim=-1)))
             stepped += plan.prefill
         if plan.decode:
             rows = plan.decode
             n = len(rows)
-            block_size = self.blocks.block_size
-            tables_of = self.blocks.tables
-            held = [tables_of[seq.seq_id] for seq in rows]
-            width = max(map(len, held))
-            tables = np.full((n, width), self.model.num_blocks, dtype=np.int64)
-            inputs = np.empty((3, n), dtype=np.int64)  # token, position, slot
-            for i, (seq, table) in enumerate(zip(rows, held, strict=True)):
-                tables[i, :len(table)] = table
-                position = seq.length - 1
-                inputs[0, i] = seq.new_ids[-1]
-                inputs[1, i] = position
-                inputs[2, i] = table[position // block_size] * block_size + position % block_size
-            device = self.model.device
-            step = self.decode_step(n, width)
-            on_device = torch.from_numpy(inputs).to(device, non_blocking=True)
-            step.load(on_device[0], on_device[1], on_device[2],
-                      torch.from_numpy(tables).to(device, non_blocking=True), on_device[1] + 1)
+            held = [tables[seq.seq_id] for seq in rows]
+            step = self.decode_step(n, max(map(len, held)))
+            step.load([seq.new_ids[-1] for seq in rows], [seq.length - 1 for seq in rows], held)
             logits, greedy = step.run()
-            new_tokens += self._sample(rows, logits[:n], greedy[:n])
+            picked.append(self._sample(rows, logits[:n], greedy[:n]))
             stepped += rows
+        new_tokens: list[int] = torch.cat(picked).tolist() if picked else []
         for seq, token in zip(stepped, new_tokens, strict=True):
             sampling: Sampling = seq.sampling  # type: ignore[attr-defined]
             if token in sampling.eos_ids and not sampling.ignore_eos:
@@ -139,10 +124,11 @@ class EngineCore:
         return result
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor, greedy: torch.Tensor
-                ) -> list[int]:
+                ) -> torch.Tensor:
+        """The rows' next tokens, on the device (the step reads them all at once)."""
         params = [seq.sampling for seq in seqs]  # type: ignore[attr-defined]
         if all(p.temperature <= 0 for p in params):
-            return greedy.tolist()
+            return greedy
         device = logits.device
         tokens = sample(
             logits, greedy,
@@ -150,7 +136,7 @@ class EngineCore:
             torch.tensor([p.top_p for p in params], device=device),
             torch.tensor([p.seed or 0 for p in params], device=device),
             torch.tensor([len(seq.new_ids) for seq in seqs], device=device))
-        return tokens.tolist()
+        return tokens
 
     def run_to_end(self) -> None:
         """Steps until nothing waits or runs (tests, offline use)."""

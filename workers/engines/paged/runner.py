@@ -22,17 +22,21 @@ owns.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from workers.engines.paged.attention import decode_attention, triton_available
 
 SAMPLING_FLOOR_TEMPERATURE = 1e-5
+PREFILL_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def bucket(n: int, smallest: int = 1) -> int:
@@ -166,29 +170,35 @@ class PagedModel:
         variance = x.float().pow(2).mean(-1, keepdim=True)
         return w * (x.float() * torch.rsqrt(variance + self.eps)).to(x.dtype)
 
-    def _rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        cos = self.cos[positions].unsqueeze(-2)
-        sin = self.sin[positions].unsqueeze(-2)
+    @staticmethod
+    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
-                attend: Any) -> torch.Tensor:
+                attend: Any, last: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states of ``tokens`` [B, T] after the final norm; writes their KV to ``slots``
-        [B * T] (flattened) and attends with ``attend(layer, q)`` where q is [B, H, T, D]."""
+        [B * T] (flattened) and attends with ``attend(layer, q)`` where q is [B, H, T, D].
+        With ``last`` (flat indices into B * T) only those tokens get the final norm: a
+        prefill needs each context's last token alone."""
         b, t = tokens.shape
         x = F.embedding(tokens, self.embed)
         if self.pos_embed is not None:
             x = x + F.embedding(positions, self.pos_embed)
         hd, h, kvh = self.head_dim, self.heads, self.kv_heads
+        if self.kind == "llama":  # gathered once per forward, not per layer
+            cos, sin = self.cos[positions].unsqueeze(-2), self.sin[positions].unsqueeze(-2)
         for index, layer in enumerate(self.layers):
             y = self._norm(x, layer.norm1_w, layer.norm1_b)
             qkv = linear(y, layer.qkv_w, layer.qkv_b)
-            q, k, v = qkv.split([h * hd, kvh * hd, kvh * hd], dim=-1)
-            q, k, v = q.view(b, t, h, hd), k.view(b, t, kvh, hd), v.view(b, t, kvh, hd)
-            if self.kind == "llama":
-                q, k = self._rope(q, positions), self._rope(k, positions)
+            if self.kind == "llama":  # q and k rotated in one pass
+                qk = self._rope(qkv[..., :(h + kvh) * hd].view(b, t, h + kvh, hd), cos, sin)
+                q, k = qk[:, :, :h], qk[:, :, h:]
+                v = qkv[..., (h + kvh) * hd:].view(b, t, kvh, hd)
+            else:
+                q, k, v = qkv.split([h * hd, kvh * hd, kvh * hd], dim=-1)
+                q, k, v = q.view(b, t, h, hd), k.view(b, t, kvh, hd), v.view(b, t, kvh, hd)
             self.k_arena[index].index_copy_(0, slots, k.reshape(b * t, kvh, hd))
             self.v_arena[index].index_copy_(0, slots, v.reshape(b * t, kvh, hd))
             attn = attend(index, q.transpose(1, 2), k, v)  # [B, H, T, D]
@@ -201,25 +211,37 @@ class PagedModel:
                 gate, up = (y @ layer.up_w).chunk(2, dim=-1)
                 y = (F.silu(gate) * up) @ layer.down_w
             x = x + y
+        if last is not None:
+            x = x.reshape(b * t, -1)[last]
         return self._norm(x, self.final_w, self.final_b)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden @ self.lm_head.t()
 
-    def prefill(self, contexts: Sequence[list[int]], slot_lists: Sequence[list[int]]
+    def prefill(self, contexts: Sequence[list[int]], tables: Sequence[list[int]]
                 ) -> torch.Tensor:
-        """Logits [P, V] of each context's last token; writes every context's KV."""
-        lengths = [len(c) for c in contexts]
-        t = max(lengths)
+        """Logits [P, V] of each context's last token; writes every context's KV into the
+        slots of its block table.
+
+        The batch is built in numpy and goes to the device in one copy (no per-token Python).
+        """
         p = len(contexts)
-        tokens = torch.zeros((p, t), dtype=torch.long)
-        slots = torch.full((p, t), self.dump_slot, dtype=torch.long)
-        for i, (context, mine) in enumerate(zip(contexts, slot_lists, strict=True)):
-            tokens[i, :len(context)] = torch.tensor(context)
-            slots[i, :len(context)] = torch.tensor(mine)
-        tokens, slots = tokens.to(self.device), slots.to(self.device)
+        lengths = np.fromiter(map(len, contexts), np.int64, p)
+        t = int(lengths.max())
+        bs = self.block_size
+        host = np.zeros((2, p, t), dtype=np.int64)  # tokens, slots
+        width = -(-t // bs)
+        pages = np.full((p, width), self.num_blocks, dtype=np.int64)
+        for i, (context, table) in enumerate(zip(contexts, tables, strict=True)):
+            host[0, i, :len(context)] = context
+            pages[i, :len(table)] = table
+        position = np.arange(t)
+        host[1] = pages[:, position // bs] * bs + position % bs
+        host[1][position[None, :] >= lengths[:, None]] = self.dump_slot
+        last = np.arange(p) * t + lengths - 1
+        on_device = torch.from_numpy(np.concatenate([host.ravel(), last])).to(self.device)
+        tokens, slots = on_device[:p * t].view(p, t), on_device[p * t:2 * p * t]
         positions = torch.arange(t, device=self.device).expand(p, t)
-        length = torch.tensor(lengths, device=self.device)
         # Rows are right-padded, so plain causal attention is each real token's own causal
         # attention within its row (a padding query sees real keys too, stays finite, and its
         # output is never read); no mask lets SDPA take its flash kernel.
@@ -229,23 +251,30 @@ class PagedModel:
                 q, k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.scale,
                 enable_gqa=self.kv_heads != self.heads)
 
-        hidden = self.forward(tokens, positions, slots.view(-1), attend)
-        last = hidden[torch.arange(p, device=self.device), length - 1]
-        return self.logits(last)
+        # flash (or memory-efficient) first: other backends cost far more host time per call
+        with sdpa_kernel(PREFILL_BACKENDS):
+            hidden = self.forward(tokens, positions, slots, attend, last=on_device[2 * p * t:])
+        return self.logits(hidden)
 
 
 class DecodeStep:
-    """One bucket's decode step over fixed buffers: eager, or replayed as a CUDA graph."""
+    """One bucket's decode step over fixed buffers: eager, or replayed as a CUDA graph.
+
+    Its inputs are one int64 buffer ``[rows, 2 + blocks]`` (token, position, block table), so a
+    step's host-to-device traffic is a single copy; the new token's slot and each row's length
+    are computed on the device (inside the graph). Padding rows sit at position 0 of a table of
+    ``num_blocks`` entries, which is the dump slot.
+    """
 
     def __init__(self, model: PagedModel, rows: int, blocks: int, graph: bool) -> None:
         self.model, self.rows, self.blocks = model, rows, blocks
         device = model.device
-        self.tokens = torch.zeros(rows, dtype=torch.long, device=device)
-        self.positions = torch.zeros(rows, dtype=torch.long, device=device)
-        self.slots = torch.full((rows,), model.dump_slot, dtype=torch.long, device=device)
-        self.tables = torch.full((rows, blocks), model.num_blocks, dtype=torch.long,
-                                 device=device)
-        self.lengths = torch.ones(rows, dtype=torch.long, device=device)
+        empty = np.zeros((rows, 2 + blocks), dtype=np.int64)
+        empty[:, 2:] = model.num_blocks
+        self.empty = empty
+        pinned = torch.from_numpy(empty.copy())
+        self.host = pinned.pin_memory() if device.type == "cuda" else pinned
+        self.inputs = self.host.to(device)
         self.logits: torch.Tensor | None = None
         self.greedy: torch.Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -254,14 +283,19 @@ class DecodeStep:
 
     def _run(self) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.model
+        bs = m.block_size
+        tokens, positions, tables = self.inputs[:, 0], self.inputs[:, 1], self.inputs[:, 2:]
+        page = tables.gather(1, (positions // bs)[:, None])[:, 0]
+        slots = page * bs + positions % bs
+        lengths = positions + 1
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                    ) -> torch.Tensor:
-            out = decode_attention(q[:, :, 0], m.k_arena[layer], m.v_arena[layer], self.tables,
-                                   self.lengths, m.block_size, m.scale, m.decode_kernel)
+            out = decode_attention(q[:, :, 0], m.k_arena[layer], m.v_arena[layer], tables,
+                                   lengths, bs, m.scale, m.decode_kernel)
             return out[:, :, None]
 
-        hidden = m.forward(self.tokens[:, None], self.positions[:, None], self.slots, attend)
+        hidden = m.forward(tokens[:, None], positions[:, None], slots, attend)
         logits = m.logits(hidden[:, 0])
         return logits, logits.argmax(dim=-1)
 
@@ -281,20 +315,24 @@ class DecodeStep:
         with torch.inference_mode(), torch.cuda.graph(self.graph, pool=self.model.graph_pool):
             self.logits, self.greedy = self._run()
 
-    def load(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
-             tables: torch.Tensor, lengths: torch.Tensor) -> None:
-        """Copies one step's inputs (``n`` <= rows real rows) into the fixed buffers."""
-        n = tokens.shape[0]
-        self.tokens[:n].copy_(tokens, non_blocking=True)
-        self.positions[:n].copy_(positions, non_blocking=True)
-        self.slots[:n].copy_(slots, non_blocking=True)
-        self.slots[n:].fill_(self.model.dump_slot)
-        width = tables.shape[1]
-        self.tables[:n, :width].copy_(tables, non_blocking=True)
-        self.tables[:n, width:].fill_(self.model.num_blocks)
-        self.tables[n:].fill_(self.model.num_blocks)
-        self.lengths[:n].copy_(lengths, non_blocking=True)
-        self.lengths[n:].fill_(1)
+    def load(self, tokens: list[int], positions: list[int], tables: Sequence[list[int]]
+             ) -> None:
+        """Writes one step's inputs (``len(tokens)`` <= rows real rows) and copies them over.
+
+        The host buffer is reused: the caller reads this step's tokens (a sync) before the
+        next load.
+        """
+        n = len(tokens)
+        host = self.host.numpy()
+        host[...] = self.empty
+        host[:n, 0] = tokens
+        host[:n, 1] = positions
+        lengths = np.fromiter(map(len, tables), np.int64, n)
+        flat = np.fromiter(itertools.chain.from_iterable(tables), np.int64, int(lengths.sum()))
+        row = np.repeat(np.arange(n), lengths)
+        column = np.arange(flat.shape[0]) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        host[row, 2 + column] = flat
+        self.inputs.copy_(self.host, non_blocking=True)
 
     def run(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.graph is not None:

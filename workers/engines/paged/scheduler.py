@@ -132,7 +132,11 @@ class Scheduler:
     def schedule(self) -> StepPlan:
         """Plans the next step (see the module's docstring for the rules)."""
         plan = StepPlan([], [], [])
-        for seq in sorted(self.running.values(), key=Sequence.importance, reverse=True):
+        running = list(self.running.values())
+        if self.blocks.reserve_all([(seq.seq_id, seq.length) for seq in running]):
+            plan.decode = running  # room for all: no order to weigh, nobody preempted
+            running = []
+        for seq in sorted(running, key=Sequence.importance, reverse=True):
             if not seq.running:
                 continue
             while not self.blocks.reserve(seq.seq_id, seq.length):

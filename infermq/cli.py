@@ -218,7 +218,7 @@ def dead_list(limit: Annotated[int, typer.Option()] = 50) -> None:
 def dead_replay(
     job_id: Annotated[str | None, typer.Argument(help="one job; default: all")] = None,
 ) -> None:
-    """Republish dead-lettered jobs to their queues with their attempts reset."""
+    """Republish dead-lettered jobs to their queues, their rows reset (attempts, runs alone)."""
     from producer.deadletters import replay_dead
 
     count = replay_dead(get_settings(), job_id)

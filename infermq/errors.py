@@ -176,5 +176,10 @@ class ModelNotReady(DeliveryError):
     """Raised when a delivery's model is not READY in this worker (the task requeues it)."""
 
 
+class FinishedMeanwhile(DeliveryError):
+    """Raised inside the runner when a suspect admitted to the engine after a wait finds its
+    job final (another copy finished it): the delivery ends as a redelivery of a final job."""
+
+
 class TurnNotReady(DeliveryError):
     """Raised when an earlier job of the session has not finished: requeue, do not hold a slot."""

@@ -1,9 +1,9 @@
 """The dead-letter queue: what ended there and why, and replaying it.
 
 RabbitMQ records why a message was dead-lettered in its ``x-death`` header; infermq records the
-job's error on its row. Replay resets the job's row and attempts and publishes the task again
-to the queue it died in, through the one publisher (a fresh Celery message: no retries count,
-no death history).
+job's error on its row. Replay resets a dead or failed job's row (status, attempts and runs
+alone) and publishes the task again to the queue it died in, through the one publisher (a fresh
+Celery message: no retries count, no death history). A webhook delivery replays as it was.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from kombu.message import Message
 from sqlalchemy import update
 
 from infermq.jobs import JobStatus
-from infermq.keys import QueueNames
+from infermq.keys import ROUTE_JOB_TASK, RUN_JOB_TASK, QueueNames
 from infermq.settings import Settings
 from infermq.tables import jobs
 from producer.publisher import ConfirmedPublisher
 from routing.topology import topology_for
 from stores.database import get_engine
+
+JOB_TASKS = (RUN_JOB_TASK, ROUTE_JOB_TASK)
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,10 @@ def peek_dead(settings: Settings, limit: int = 50) -> list[DeadLetter]:
 
 def replay_dead(settings: Settings, job_id: str | None = None, limit: int = 10_000) -> int:
     """Republishes dead letters (all, or one job's) to the queue they died in, resetting the
-    job's attempts; returns how many were replayed. A letter is acked only after its new
+    job's row; returns how many were replayed. A letter is acked only after its new
     message was confirmed, so a replay cut short loses nothing."""
     topology = topology_for(settings)
-    queues = {spec.name: spec for spec in topology.work_queues}
+    queues = {spec.name: spec for spec in (*topology.work_queues, topology.webhook_queue)}
     publisher = ConfirmedPublisher(settings, topology)
     replayed = 0
     try:
@@ -81,13 +83,8 @@ def replay_dead(settings: Settings, job_id: str | None = None, limit: int = 10_0
                 queue = queues.get(letter.queue)
                 if call is None or queue is None:
                     continue
-                with get_engine(settings).begin() as db:
-                    db.execute(
-                        update(jobs)
-                        .where(jobs.c.id == letter.job_id)
-                        .values(attempts=0, status=JobStatus.QUEUED.value, error=None,
-                                result=None)
-                    )
+                if letter.task in JOB_TASKS and not _reset_job(settings, letter.job_id):
+                    continue  # done since (a stale letter): its result stays
                 args, kwargs = call
                 publisher.publish(queue, letter.task, letter.job_id, args=args, kwargs=kwargs,
                                   priority=letter.priority)
@@ -96,6 +93,21 @@ def replay_dead(settings: Settings, job_id: str | None = None, limit: int = 10_0
     finally:
         publisher.close()
     return replayed
+
+
+def _reset_job(settings: Settings, job_id: str) -> bool:
+    """Makes a dead or failed job runnable again from its first delivery; False when the row
+    is in any other status."""
+    with get_engine(settings).begin() as db:
+        changed = db.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id,
+                   jobs.c.status.in_([JobStatus.DEAD.value, JobStatus.FAILED.value]))
+            .values(attempts=0, solo_runs=0, status=JobStatus.QUEUED.value, error=None,
+                    result=None)
+            .returning(jobs.c.id)
+        ).first()
+    return changed is not None
 
 
 def _task_call(body: str | bytes) -> tuple[list[Any], dict[str, Any]] | None:

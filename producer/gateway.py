@@ -281,7 +281,7 @@ async def _final_only(row: JobRow) -> AsyncIterator[str]:
 def _broker_ready(settings: Settings) -> str:
     try:
         with Connection(settings.broker_url, connect_timeout=2) as connection:
-            connection.connect()
+            connection.ensure_connection(max_retries=0)  # one attempt, no back-off
     except Exception as e:  # noqa: BLE001 - any failure means "not ready", reported as text
         return f"unreachable: {e!r}"
     return "ok"

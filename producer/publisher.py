@@ -60,6 +60,14 @@ def topology_queues(topology: Topology) -> list[Queue]:
                   queue_arguments=dead.arguments)]
 
 
+def _rejects_when_full(queue: Queue) -> bool:
+    """Whether the broker nacks a publish to ``queue`` only when it is full (job queues
+    overflow with ``reject-publish``): then a nack is ``QueueFull``, whatever the depth reads
+    a moment later."""
+    arguments = getattr(queue, "queue_arguments", None) or {}
+    return arguments.get("x-overflow") == "reject-publish"
+
+
 class _ConnectionLost(Exception):
     """A pooled connection turned out dead mid-publish (its cause is the error)."""
 
@@ -79,12 +87,18 @@ class ConfirmedPublisher:
             settings.broker_url, connect_timeout=self._timeout_s,
             # One connection attempt: a broker that is down is a QueueUnavailable now, not a
             # submit that hangs in kombu's reconnect loop.
-            transport_options={"confirm_publish": True, "max_retries": 0})
+            transport_options={"confirm_publish": True, "max_retries": 0,
+                               # Every read and write bounded (declarations too, not only
+                               # the confirm): a stalled broker is a QueueUnavailable.
+                               "read_timeout": self._timeout_s,
+                               "write_timeout": self._timeout_s})
         self._pool = self._broker.Pool(limit=CONNECTIONS)
         self._declared: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._amqp = Celery("infermq-publisher", set_as_current=False).amqp
-        self._returned: set[str] = set()
-        self._lock = threading.Lock()
+        # The broker's returns, seen by the thread whose publish drains them (py-amqp calls
+        # on_return in the thread waiting for the confirm): per thread, so no publish reads
+        # another's return.
+        self._returns = threading.local()
 
     def _broker_address(self) -> str:
         parts = urlsplit(self._settings.broker_url)
@@ -159,6 +173,7 @@ class ConfirmedPublisher:
 
     def _publish_on(self, connection: Connection, target: Queue, body: Any, task_id: str,
                     declare: list[Queue], options: dict[str, Any]) -> None:
+        self._returns.ids = set()
         try:
             producer = Producer(connection, on_return=self._on_return)
             if connection not in self._declared:
@@ -170,7 +185,7 @@ class ConfirmedPublisher:
                 serializer="json", delivery_mode=2, mandatory=True, retry=False, declare=declare,
                 timeout=self._timeout_s, confirm_timeout=self._timeout_s, **options)
         except MessageNacked as e:
-            if self._is_full(connection, target):
+            if _rejects_when_full(target) or self._is_full(connection, target):
                 raise QueueFull(
                     f"queue {target.name} is full and refused job {task_id}: retry later, or "
                     "start more workers (`infermq worker`)") from e
@@ -202,10 +217,7 @@ class ConfirmedPublisher:
             self._collect(connection)
             raise QueueUnavailable(
                 f"RabbitMQ refused job {task_id} on {target.name} ({e!r})") from e
-        with self._lock:
-            returned = task_id in self._returned
-            self._returned.discard(task_id)
-        if returned:
+        if task_id in self._returns.ids:
             raise QueueUnavailable(
                 f"RabbitMQ returned job {task_id} as unroutable: queue {target.name} is not "
                 "bound; run `infermq migrate` or start a worker to declare the queues")
@@ -218,8 +230,7 @@ class ConfirmedPublisher:
                    message: Any) -> None:
         """The broker sends an unroutable message back before its confirm: remembered by id,
         so the publish that is waiting for that confirm raises instead of returning."""
-        with self._lock:
-            self._returned.add(str(message.properties.get("message_id")))
+        self._returns.ids.add(str(message.properties.get("message_id")))
 
     def _is_full(self, connection: Connection, target: Queue) -> bool:
         limit = (getattr(target, "queue_arguments", None) or {}).get("x-max-length")

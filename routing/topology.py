@@ -1,4 +1,4 @@
-"""The RabbitMQ topology, described as data so that the producer (pika) and the worker (kombu)
+"""The RabbitMQ topology, described as data so that the publisher and the Celery worker (both kombu)
 declare exactly the same queues with exactly the same arguments (RabbitMQ refuses a second
 declaration whose arguments differ).
 

@@ -163,6 +163,12 @@ def record_route(connection: Connection, job_id: str, model: str, reason: str) -
     return changed is not None
 
 
+def forget_deliveries(connection: Connection, job_id: str) -> None:
+    """Clears a job's counted deliveries and runs alone when its delivery ended normally and
+    moved it on (a fallback to another model): its next delivery is not a crash suspect."""
+    connection.execute(update(jobs).where(jobs.c.id == job_id).values(attempts=0, solo_runs=0))
+
+
 def begin_attempt(connection: Connection, job_id: str) -> JobRow | None:
     """Counts one more delivery of the job and marks it ``running`` unless it is final.
 

@@ -68,6 +68,7 @@ def crashes_before_dead(settings: Settings, slots: int) -> int:
     return 1 + levels_before_solo(held) + settings.max_attempts
 
 
+@pytest.mark.timeout(600)  # a worker start per crash, one after another
 def test_job_that_kills_its_worker_every_time_ends_dead(
     echo_settings: Settings,
     start_worker: Callable[..., WorkerProcess],
@@ -97,6 +98,7 @@ def wait_counted(client: Client, job_ids: list[str], attempts: int) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.timeout(600)  # a worker start per crash, one after another
 def test_poison_job_held_beside_innocent_jobs_is_the_only_one_dead(
     echo_settings: Settings,
     start_worker: Callable[..., WorkerProcess],

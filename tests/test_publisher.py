@@ -9,10 +9,12 @@ from collections.abc import Callable
 
 import pytest
 from kombu import Connection, Queue
+from sqlalchemy import update
 
 from infermq.errors import JobFailed, QueueUnavailable
 from infermq.keys import RUN_JOB_TASK
 from infermq.settings import Settings
+from infermq.tables import jobs
 from producer.client import Client
 from producer.deadletters import peek_dead, replay_dead
 from producer.publisher import ConfirmedPublisher
@@ -70,12 +72,15 @@ def test_a_dead_letter_replays_to_its_queue_with_its_attempts_reset(
     worker.stop()
     [letter] = [d for d in peek_dead(echo_settings) if d.job_id == job.id]
     assert letter.queue == client.topology.queue_for("embed", "echo", 6).name
+    # As if its runs alone had killed workers: a replay gives it its runs back too.
+    with client.engine.begin() as connection:
+        connection.execute(update(jobs).where(jobs.c.id == job.id).values(solo_runs=3))
 
     assert replay_dead(echo_settings, job.id) == 1
 
     assert [d.job_id for d in peek_dead(echo_settings)] == []
     row = get_job(client.engine, job.id)
-    assert row.status == "queued" and row.attempts == 0
+    assert row.status == "queued" and row.attempts == 0 and row.solo_runs == 0
     assert queue_depth(echo_settings, letter.queue) == 1
 
 

@@ -1,10 +1,12 @@
 """Runs one job idempotently, with its PostgreSQL row as the commit point.
 
 The steps of one delivery: make sure the model is READY here (else give the message back,
-uncounted) → count the attempt (dead-letter past the limit) → skip a job that is
-already final, finishing what happened after its commit → honour a cancel mark → engine (through
-the batcher, tokens streamed to Redis) → one transaction marking the row done → result to Redis
-→ return, after which Celery acks the message.
+uncounted) → count the delivery → skip a job that is already final, finishing what happened
+after its commit → dead-letter a job whose runs alone in the engine killed the worker
+``max_attempts`` times → honour a cancel mark → the isolation gate (after a crash, suspects
+enter the engine in halving groups: workers/isolation.py) → engine (through the batcher,
+tokens streamed to Redis) → one transaction marking the row done → result to Redis → return,
+after which Celery acks the message.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
-from infermq.errors import DeadLetter, EngineError, ModelNotReady, SessionError
+from infermq.errors import (
+    DeadLetter,
+    EngineError,
+    FinishedMeanwhile,
+    ModelNotReady,
+    SessionError,
+)
 from infermq.jobs import JobMessage, JobResult, JobStatus
 from infermq.sessions import SessionContext
 from infermq.settings import Settings
@@ -78,8 +86,9 @@ class JobRunner:
         the same delivery after a transient error, whether its attempt is counted already.
 
         Raises:
-            DeadLetter: the message is malformed, the job failed for good, or it used up its
-                attempts; the caller rejects the message without requeue.
+            DeadLetter: the message is malformed, the job failed for good, or its runs alone
+                killed the worker ``max_attempts`` times; the caller rejects the message
+                without requeue.
             ModelNotReady: the model is not READY in this worker (loading, being evicted, or
                 not loaded); nothing was counted or written, the caller requeues the message.
             sqlalchemy/redis errors: transient; the caller retries with backoff.
@@ -154,6 +163,9 @@ class JobRunner:
             return committed
         try:
             output = self._run_engine(message, turn, unfinished, earlier_solo_runs, delivery)
+        except FinishedMeanwhile:
+            final = get_job(self.database, message.job_id)
+            return None if final is None else self._finish_already_final(final)
         except EngineError as e:
             for hook in self.hooks:
                 hook.job_ended(message, None)
@@ -185,6 +197,12 @@ class JobRunner:
             on_token=lambda text: self._stream_token(message.job_id, text),
         )
         def submit() -> Future[EngineOutput]:
+            if level >= 1:
+                # A suspect may have waited long at the gate: another copy of the job (a
+                # redelivery after a lost connection) may have finished it meanwhile.
+                now = get_job(self.database, message.job_id)
+                if now is None or now.status not in RUNNABLE:
+                    raise FinishedMeanwhile(message.job_id)
             if self.isolation.runs_alone(level) and not delivery.solo_run_counted:
                 self.commits.count_solo_run(message.job_id)
                 delivery.solo_run_counted = True

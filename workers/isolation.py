@@ -92,7 +92,16 @@ class IsolationGate:
             waiter = _Waiter((solo_runs, next(self._arrivals)), level)
             heapq.heappush(self._waiting, waiter)
             self._admit_waiting()
-            self._changed.wait_for(lambda: waiter.admitted)
+            try:
+                self._changed.wait_for(lambda: waiter.admitted)
+            except BaseException:  # interrupted while waiting: it must not hold a place
+                if waiter.admitted:
+                    self._suspect_levels_inside.remove(level)
+                else:
+                    self._waiting.remove(waiter)
+                    heapq.heapify(self._waiting)
+                self._admit_waiting()
+                raise
 
     def _leave(self, level: int) -> None:
         with self._changed:

@@ -52,7 +52,7 @@ from routing.request_classes import (
     request_text,
 )
 from stores.connections import get_redis
-from stores.jobstore import get_job, record_route, set_status
+from stores.jobstore import forget_deliveries, get_job, record_route, set_status
 from stores.live_metrics import read_model_metrics
 from stores.results import JobStateStore
 from workers.execution import RUNNABLE
@@ -99,6 +99,7 @@ class Fallbacks(RunnerHooks):
                                   only_from=RUNNABLE, error=None):
                     return True  # finished or cancelled meanwhile: nothing left to run
                 record_route(connection, message.job_id, model, reason)
+                forget_deliveries(connection, message.job_id)
             self.state.mark_status(message.job_id, JobStatus.QUEUED)
             try:
                 self.publisher.publish_job(moved)

@@ -1,11 +1,11 @@
-"""Service errors that pass, and how a delivery outlives them without using up an attempt.
+"""Service errors that pass, and how a delivery outlives them without counting again.
 
-A job's attempts (``INFERMQ_MAX_ATTEMPTS``) count deliveries that did not finish because the
-job may be at fault: a worker killed in the middle of it, a poison input. PostgreSQL restarting
-or Redis dropping its connections is nobody's fault, and a job that met three such blips must
-not end ``dead``. So a delivery that meets one runs again in place, after a backoff, within
-``transient_retry_for_s``, counting its attempt once (``Delivery``); only past that limit is
-the message handed back to RabbitMQ, as a retry that counts.
+A job's counted deliveries that did not finish make it a crash suspect (workers/isolation.py),
+because the job may be at fault: a worker killed in the middle of it, a poison input.
+PostgreSQL restarting or Redis dropping its connections is nobody's fault. So a delivery that
+meets one runs again in place, after a backoff, within ``transient_retry_for_s``, counting its
+delivery once (``Delivery``); only past that limit is the message handed back to RabbitMQ, as
+a retry whose delivery counts.
 """
 
 from __future__ import annotations

@@ -40,6 +40,10 @@ from workers.runner_hooks import RunnerHooks
 
 log = logging.getLogger(__name__)
 
+WEBHOOK_PRIORITY = 5
+"""Of every delivery attempt: the priority Celery gives the session sweep's tasks on the same
+queue, so deliveries and sweeps go first come, first served."""
+
 ScheduleRetry = Callable[[int, int, float], None]
 """(outbox id, attempt number, delay in seconds): publishes a delayed delivery attempt."""
 
@@ -173,7 +177,8 @@ def register_webhook_task(app: Celery, settings: Settings,
     def send(queue: Queue | QueueSpec, outbox_id: int, attempt: int,
              delay_s: float | None = None) -> None:
         publisher.publish(queue, DELIVER_WEBHOOK_TASK, str(uuid.uuid4()),
-                          args=(outbox_id, attempt), expiration_s=delay_s)
+                          args=(outbox_id, attempt), priority=WEBHOOK_PRIORITY,
+                          expiration_s=delay_s)
 
     def schedule_retry(outbox_id: int, attempt: int, delay_s: float) -> None:
         send(delay_queue(names, attempt), outbox_id, attempt, delay_s)

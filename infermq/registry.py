@@ -110,6 +110,15 @@ class ModelSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _generation_on_the_paged_engine(self) -> ModelSpec:
+        if self.engine == "torch" and TaskType.GENERATE in self.task_types:
+            raise ValueError(
+                f"model {self.name!r}: the torch engine serves embed and classify only; "
+                "generate models use engine = \"paged\" (its kv_cache_mib counts in memory_mib)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _share_only_with_canary(self) -> ModelSpec:
         if (self.canary_of is None) != (self.traffic_share == 0.0):
             raise ValueError(

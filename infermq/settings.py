@@ -96,8 +96,8 @@ class Settings(BaseSettings):
     )
     cuda_graphs: bool = Field(
         default=True,
-        description="on CUDA, replay each fixed-shape decode step as a CUDA graph (one launch "
-        "instead of one per kernel; workers/engines/cuda_graphs.py); no effect on the CPU",
+        description="on CUDA, the paged engine replays each decode step as a CUDA graph (one "
+        "launch instead of one per kernel; workers/engines/paged/runner.py); no effect on the CPU",
     )
 
     metrics_interval_s: float = Field(

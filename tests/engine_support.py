@@ -17,10 +17,9 @@ from workers.engines.noop import NoopEngine
 torch.set_num_threads(1)
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / ".models"
-GPT2_TINY = ModelSpec(name="gpt2-tiny", task_types=(TaskType.GENERATE,), engine="torch",
-                      source="random:gpt2-tiny", revision="0", memory_mib=16)
-LLAMA_GQA_TINY = ModelSpec(name="llama-gqa-tiny", task_types=(TaskType.GENERATE,), engine="torch",
-                           source="random:llama-gqa-tiny", revision="0", memory_mib=16)
+GPT2_TINY = ModelSpec(name="gpt2-tiny", task_types=(TaskType.GENERATE,), engine="paged",
+                      source="random:gpt2-tiny", revision="0", memory_mib=32, max_batch_size=8,
+                      kv_cache_mib=4)
 
 
 def registry_spec(name: str) -> ModelSpec:

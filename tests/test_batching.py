@@ -31,6 +31,7 @@ from workers.batching import (
 )
 from workers.engines.base import EngineOutput, EngineRequest
 from workers.engines.noop import NoopEngine
+from workers.engines.paged.engine import PagedEngine
 from workers.engines.torch_engine import TorchEngine
 
 
@@ -43,8 +44,8 @@ def minilm() -> Iterator[TorchEngine]:
 
 
 @pytest.fixture(scope="module")
-def gpt2_tiny() -> Iterator[TorchEngine]:
-    engine = TorchEngine(GPT2_TINY, MODELS_DIR)
+def gpt2_tiny() -> Iterator[PagedEngine]:
+    engine = PagedEngine(GPT2_TINY, MODELS_DIR, device="cpu")
     engine.load()
     yield engine
     engine.unload()
@@ -248,7 +249,7 @@ class PauseAfterStep(BatcherHooks):
 
 
 def test_streamed_tokens_are_a_prefix_while_running_and_the_whole_at_the_end(
-        gpt2_tiny: TorchEngine) -> None:
+        gpt2_tiny: PagedEngine) -> None:
     hooks = PauseAfterStep(step=3)
     batcher = Batcher(gpt2_tiny, max_batch_size=4, max_wait_ms=1, hooks=hooks)
     batcher.start()

@@ -1,4 +1,5 @@
-"""The engines: real models on the torch engine, the noop engine, the vLLM adapter."""
+"""The engines: real models on the torch engine (embed, classify) and the paged engine
+(generate), the noop engine, the vLLM adapter."""
 
 from __future__ import annotations
 
@@ -14,18 +15,17 @@ import numpy as np
 import pytest
 import torch
 
-from infermq.errors import EngineUnavailable, JobTimedOut
+from infermq.errors import ConfigError, EngineUnavailable, JobTimedOut
 from infermq.jobs import ChatMessage, GenerationParams, TaskType
-from infermq.registry import ModelSpec
+from infermq.registry import ModelSpec, load_registry, parse_registry
 from infermq.settings import Settings
-from tests.engine_support import GPT2_TINY, LLAMA_GQA_TINY, MODELS_DIR, noop_spec, registry_spec
+from tests.engine_support import GPT2_TINY, MODELS_DIR, noop_spec, registry_spec
 from workers.batching import Batcher
-from workers.engines import build_engine, gqa_attention
+from workers.engines import build_engine
 from workers.engines.base import EngineRequest
-from workers.engines.gqa_attention import GQA_SDPA
 from workers.engines.noop import NoopEngine
+from workers.engines.paged.engine import PagedEngine
 from workers.engines.sources import READY_MARKER, model_dir, prepare_model
-from workers.engines.static_cache import StaticShape, plan_static_shape
 from workers.engines.torch_engine import TorchEngine
 from workers.engines.vllm import VllmEngine
 
@@ -40,6 +40,28 @@ def test_build_engine_chooses_by_the_registry_engine_field() -> None:
     settings = Settings(models_dir=MODELS_DIR, torch_threads=1)
     assert isinstance(build_engine(noop_spec(), settings), NoopEngine)
     assert isinstance(build_engine(registry_spec("minilm"), settings), TorchEngine)
+    assert isinstance(build_engine(registry_spec("smollm2"), settings), PagedEngine)
+
+
+def test_every_generation_model_of_the_registry_is_paged_and_torch_is_refused() -> None:
+    registry = load_registry()
+    generate = [spec for spec in registry.models.values() if TaskType.GENERATE in spec.task_types]
+    assert generate and {spec.engine for spec in generate} == {"paged"}
+    data = {"task_types": {"generate": {"default_model": "static"}},
+            "models": {"static": {"task_types": ["generate"], "engine": "torch",
+                                  "source": "random:gpt2-tiny", "memory_mib": 16}}}
+    with pytest.raises(ConfigError, match=r'torch engine serves embed and classify.*"paged"'):
+        parse_registry(data)
+    with pytest.raises(ConfigError, match='"paged"'):
+        TorchEngine(GPT2_TINY.model_copy(update={"engine": "torch"}), MODELS_DIR)
+
+
+@pytest.fixture
+def gpt2_paged() -> Iterator[PagedEngine]:
+    engine = PagedEngine(GPT2_TINY, MODELS_DIR, device="cpu")
+    engine.load()
+    yield engine
+    engine.unload()
 
 
 def test_minilm_embeddings_equal_sentence_transformers() -> None:
@@ -72,10 +94,9 @@ def test_classifier_labels_each_text_and_batches_like_alone() -> None:
         assert sum(result["scores"].values()) == pytest.approx(1.0)
 
 
-def test_generation_honours_each_requests_max_new_tokens_and_a_bad_input_fails_alone() -> None:
-    engine = TorchEngine(GPT2_TINY, MODELS_DIR)
-    engine.load()
-    outputs = engine.run_batch([
+def test_generation_honours_each_requests_max_new_tokens_and_a_bad_input_fails_alone(
+        gpt2_paged: PagedEngine) -> None:
+    outputs = gpt2_paged.run_batch([
         EngineRequest("short", TaskType.GENERATE, "hi", params=GenerationParams(max_new_tokens=3)),
         EngineRequest("long", TaskType.GENERATE, [ChatMessage(role="user", content="hello")],
                       params=GenerationParams(max_new_tokens=20, temperature=0.7, seed=1)),
@@ -84,83 +105,31 @@ def test_generation_honours_each_requests_max_new_tokens_and_a_bad_input_fails_a
         EngineRequest("too-long", TaskType.GENERATE, "x",
                       params=GenerationParams(max_new_tokens=4000)),
     ])
-    assert outputs[0].tokens <= 3 and outputs[1].tokens <= 20
+    assert 0 < outputs[0].tokens <= 3 and 0 < outputs[1].tokens <= 20
+    assert isinstance(outputs[1].output, str)
     assert isinstance(outputs[2].output, list) and len(outputs[2].output) == 2
     assert outputs[3].error is not None and "too-long" in str(outputs[3].error)
 
 
-def test_fixed_shape_decoding_gives_what_a_growing_cache_gives() -> None:
-    # Given the same greedy requests (uneven prompts and lengths, a padded row bucket of 4)
-    growing = TorchEngine(GPT2_TINY, MODELS_DIR, static_shapes=False)
-    fixed = TorchEngine(GPT2_TINY, MODELS_DIR, static_shapes=True)
-    growing.load()
-    fixed.load()
+def test_greedy_and_seeded_rows_give_in_a_batch_what_they_give_alone(
+        gpt2_paged: PagedEngine) -> None:
+    # Given greedy requests of uneven prompts and lengths, and a seeded sampled one
     prompts = ["hi", "a much longer prompt about the history of Rome and its roads", "x y z"]
 
     def requests() -> list[EngineRequest]:
-        return [EngineRequest(f"r{i}", TaskType.GENERATE, prompt,
-                              params=GenerationParams(max_new_tokens=6 + 5 * i))
-                for i, prompt in enumerate(prompts)]
+        batch = [EngineRequest(f"r{i}", TaskType.GENERATE, prompt,
+                               params=GenerationParams(max_new_tokens=6 + 5 * i))
+                 for i, prompt in enumerate(prompts)]
+        return [*batch, EngineRequest("sampled", TaskType.GENERATE, prompts[0],
+                                      params=GenerationParams(max_new_tokens=12, temperature=0.9,
+                                                              seed=7))]
 
-    # When one engine decodes with a growing cache and the other in fixed shapes
-    expected = growing.run_batch(requests())
-    got = fixed.run_batch(requests())
-    # Then every row's text and token count are the same
-    assert [o.output for o in got] == [o.output for o in expected]
-    assert [o.tokens for o in got] == [o.tokens for o in expected]
-
-
-@pytest.mark.parametrize("queries", [1, 5], ids=["decode", "prefill"])
-@pytest.mark.parametrize("fused", [True, False], ids=["enable-gqa", "folded"])
-def test_gqa_attention_equals_attention_over_copied_kv_heads(
-        queries: int, fused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given queries over 6 heads, a cache of 2 KV heads and a mask hiding some keys, and SDPA
-    # with or without a fused kernel for GQA under a mask
-    if not fused:
-        monkeypatch.setattr(gqa_attention, "sdpa_fuses_gqa", lambda *args: False)
-    generator = torch.Generator().manual_seed(0)
-    query = torch.randn(3, 6, queries, 16, generator=generator)
-    key, value = (torch.randn(3, 2, 40, 16, generator=generator) for _ in range(2))
-    mask = torch.rand(3, 1, queries, 40, generator=generator) > 0.3
-    mask[..., 0] = True
-    module = torch.nn.Module()
-    module.num_key_value_groups = 3  # type: ignore[assignment]
-    # When it attends, and when each KV head is copied per query head first
-    got, _ = gqa_attention.gqa_sdpa_attention(module, query, key, value, mask, scaling=0.25)
-    expected = torch.nn.functional.scaled_dot_product_attention(
-        query, key.repeat_interleave(3, dim=1), value.repeat_interleave(3, dim=1),
-        attn_mask=mask, scale=0.25).transpose(1, 2)
-    # Then both give the same output, laid out as transformers expects
-    assert got.shape == (3, queries, 6, 16)
-    torch.testing.assert_close(got, expected)
-
-
-@pytest.mark.parametrize("static_shapes", [False, True], ids=["growing", "fixed"])
-def test_gqa_attention_decodes_the_tokens_of_transformers_sdpa(static_shapes: bool) -> None:
-    # Given one model with grouped KV heads loaded with and without the GQA attention
-    folded = TorchEngine(LLAMA_GQA_TINY, MODELS_DIR, static_shapes=static_shapes)
-    copied = TorchEngine(LLAMA_GQA_TINY, MODELS_DIR, static_shapes=static_shapes,
-                         gqa_attention=False)
-    folded.load()
-    copied.load()
-    assert folded.model.config._attn_implementation == GQA_SDPA
-    assert copied.model.config._attn_implementation == "sdpa"
-    folded._eos_ids = copied._eos_ids = set()
-    prompts = ["hi", "a much longer prompt about the history of Rome and its roads", "x y z"]
-    requests = [EngineRequest(f"r{i}", TaskType.GENERATE, prompt,
-                              params=GenerationParams(max_new_tokens=6 + 5 * i))
-                for i, prompt in enumerate(prompts)]
-    # When both decode the same padded batch greedily, Then every row's tokens are the same
-    got, expected = folded.run_batch(requests), copied.run_batch(requests)
-    assert [o.output for o in got] == [o.output for o in expected]
-    assert [o.tokens for o in got] == [o.tokens for o in expected]
-
-
-def test_fixed_shapes_round_rows_and_lengths_up_and_give_way_when_too_long() -> None:
-    shape = plan_static_shape(rows=57, longest_prompt=20, most_new_tokens=64, max_positions=1024)
-    assert shape == StaticShape(rows=64, prompt_len=32, cache_len=128)
-    assert plan_static_shape(1, 9, 8, max_positions=512) == StaticShape(1, 16, 64)
-    assert plan_static_shape(3, 500, 20, max_positions=512) is None
+    # When they run together and each alone, Then every row's text and token count are the same
+    together = gpt2_paged.run_batch(requests())
+    alone = [gpt2_paged.run_batch([request])[0] for request in requests()]
+    assert [o.output for o in together] == [o.output for o in alone]
+    assert [o.tokens for o in together] == [o.tokens for o in alone]
+    assert all(o.error is None and o.tokens > 0 for o in together)
 
 
 def test_a_prepared_model_is_reused_and_an_interrupted_one_rebuilt(tmp_path: Any) -> None:
@@ -177,11 +146,15 @@ def test_a_prepared_model_is_reused_and_an_interrupted_one_rebuilt(tmp_path: Any
 
 @pytest.mark.timeout(60)
 def test_smollm2_answers_with_text(smollm2_dir: Any) -> None:
-    engine = TorchEngine(registry_spec("smollm2"), MODELS_DIR)
+    # The GGUF SmolLM2 (Llama, grouped KV heads) on the paged engine, with its chat template
+    engine = PagedEngine(registry_spec("smollm2"), MODELS_DIR)
     engine.load()
-    question = [ChatMessage(role="user", content="What is the capital of France?")]
-    [answer] = engine.run_batch([EngineRequest(
-        "q", TaskType.GENERATE, question, params=GenerationParams(max_new_tokens=12))])
+    try:
+        question = [ChatMessage(role="user", content="What is the capital of France?")]
+        [answer] = engine.run_batch([EngineRequest(
+            "q", TaskType.GENERATE, question, params=GenerationParams(max_new_tokens=12))])
+    finally:
+        engine.unload()
     assert answer.error is None and answer.output.strip() and answer.tokens > 0
 
 

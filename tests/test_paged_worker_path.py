@@ -8,6 +8,7 @@ from concurrent.futures import Future
 
 import pytest
 
+from infermq.errors import JobTimedOut
 from infermq.jobs import GenerationParams, TaskType
 from infermq.registry import ModelSpec
 from infermq.settings import Settings
@@ -119,18 +120,37 @@ def test_priority_9_runs_within_two_steps_of_a_full_priority_0_set(gated) -> Non
     assert urgent.result().tokens == 4
 
 
+def test_a_job_past_its_timeout_fails_alone_and_leaves_the_running_set(gated) -> None:  # noqa: ANN001
+    # Given two jobs decoding, one of them with a short timeout, the engine held at a step
+    batcher, gate = gated()
+    patient = batcher.submit(job("patient", 8))
+    impatient = batcher.submit(EngineRequest(
+        job_id="impatient", task_type=TaskType.GENERATE, input="the story of impatient begins",
+        params=GenerationParams(max_new_tokens=200), timeout_s=0.2))
+    tokens = gate.wait_paused()
+    while "impatient" not in tokens and not impatient.done():
+        tokens = gate.step()
+    # When its deadline passes while the engine is held, Then it fails with JobTimedOut
+    assert isinstance(impatient.exception(timeout=GATE_TIMEOUT_S), JobTimedOut)
+    # And at the next step the engine has dropped it, and the other job runs to its end
+    assert "impatient" not in gate.step()
+    while not patient.done():
+        gate.step()
+    assert patient.result().tokens == 8
+
+
 def test_a_paged_models_worker_holds_max_num_seqs_plus_a_margin() -> None:
-    # Given a paged model of max_num_seqs 32, the same with explicit slots, a static model
+    # Given a paged model of max_num_seqs 32, the same with explicit slots, an embed model
     paged = paged_spec(32)
     pinned = paged.model_copy(update={"slots": 12})
-    static = paged.model_copy(update={"engine": "torch"})
-    # Then the paged model wants 32 + 8 slots, an explicit `slots` wins, a static model leaves
+    embed = ModelSpec(name="minilm", task_types=(TaskType.EMBED,), engine="torch", memory_mib=100)
+    # Then the paged model wants 32 + 8 slots, an explicit `slots` wins, a torch model leaves
     # the worker's default
     assert paged.wanted_slots() == 40 and paged_spec(8).wanted_slots() == 12
-    assert pinned.wanted_slots() == 12 and static.wanted_slots() is None
+    assert pinned.wanted_slots() == 12 and embed.wanted_slots() is None
     # And a worker's slots (its prefetch) are sized from the largest want, unless --slots or
     # INFERMQ_WORKER_SLOTS set them
     default = Settings()
-    assert sized_for(default, [static, paged]).worker_slots == 40
-    assert sized_for(default, [static]).worker_slots == default.worker_slots
+    assert sized_for(default, [embed, paged]).worker_slots == 40
+    assert sized_for(default, [embed]).worker_slots == default.worker_slots
     assert sized_for(Settings(worker_slots=5), [paged]).worker_slots == 5

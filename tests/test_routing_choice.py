@@ -22,7 +22,7 @@ def registry_with_canary(share: float = 0.10) -> Registry:
         "task_types": {t: p.model_dump() for t, p in base.task_types.items()},
         "models": {
             **{n: m.model_dump(exclude={"name"}) for n, m in base.models.items()},
-            "smollm2-next": {"task_types": ["generate"], "engine": "torch", "memory_mib": 600,
+            "smollm2-next": {"task_types": ["generate"], "engine": "paged", "memory_mib": 700,
                              "canary_of": "smollm2", "traffic_share": share},
         },
     }

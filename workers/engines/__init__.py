@@ -52,8 +52,7 @@ def build_engine(spec: ModelSpec, settings: Settings) -> Engine:
 
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        return TorchEngine(spec, settings.models_dir, settings.device, settings.torch_dtype,
-                           cuda_graphs=settings.cuda_graphs)
+        return TorchEngine(spec, settings.models_dir, settings.device, settings.torch_dtype)
     if spec.engine == "paged":
         from workers.engines.paged.engine import PagedEngine
 

@@ -259,10 +259,6 @@ RANDOM_BUILDERS: dict[str, Callable[[Path, Path], None]] = {
     "smollm2-135m": lambda out, models: _build_llama(
         out, models, hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3,
         max_positions=8192, rope_theta=100000.0),
-    # A tiny model with grouped KV heads (4 query heads over 2), for the GQA attention tests.
-    "llama-gqa-tiny": lambda out, models: _build_llama(
-        out, models, hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2,
-        max_positions=512, rope_theta=10000.0),
     "bert-tiny-classifier": lambda out, models: _build_bert(
         out, models, classifier=True, hidden=64, layers=2, heads=2, intermediate=128),
     # all-MiniLM-L6-v2's shape with random weights, for machines without its package.

@@ -209,7 +209,11 @@ def dead_list(limit: Annotated[int, typer.Option()] = 50) -> None:
     from producer.deadletters import peek_dead
 
     table = Table("job id", "task", "reason", "queue")
-    for letter in peek_dead(get_settings(), limit):
+    try:
+        letters = peek_dead(get_settings(), limit)
+    except InfermqError as e:
+        _fail(e)
+    for letter in letters:
         table.add_row(letter.job_id, letter.task, letter.reason, letter.queue)
     console.print(table)
 
@@ -221,7 +225,10 @@ def dead_replay(
     """Republish dead-lettered jobs to their queues, their rows reset (attempts, runs alone)."""
     from producer.deadletters import replay_dead
 
-    count = replay_dead(get_settings(), job_id)
+    try:
+        count = replay_dead(get_settings(), job_id)
+    except InfermqError as e:
+        _fail(e)
     console.print(f"replayed {count} job(s)")
 
 

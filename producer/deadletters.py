@@ -8,15 +8,19 @@ Celery message: no retries count, no death history). A webhook delivery replays 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from amqp.exceptions import NotFound
 from kombu import Connection, Queue
+from kombu.exceptions import KombuError
 from kombu.message import Message
 from sqlalchemy import update
 
+from infermq.errors import QueueUnavailable
 from infermq.jobs import JobStatus
 from infermq.keys import ROUTE_JOB_TASK, RUN_JOB_TASK, QueueNames
 from infermq.settings import Settings
@@ -42,7 +46,10 @@ def _letters(channel: Any, queue: str, limit: int) -> Iterator[tuple[Message, De
     """(the message, what it says) for up to ``limit`` dead letters, unacked."""
     dead = Queue(queue, no_declare=True)(channel)
     for _ in range(limit):
-        message = dead.get(no_ack=False)
+        try:
+            message = dead.get(no_ack=False)
+        except NotFound:  # no worker or submit declared it yet: nothing has died
+            return
         if message is None:
             return
         headers = message.headers or {}
@@ -59,10 +66,30 @@ def _letters(channel: Any, queue: str, limit: int) -> Iterator[tuple[Message, De
 
 def peek_dead(settings: Settings, limit: int = 50) -> list[DeadLetter]:
     """The first ``limit`` dead letters; they stay in the queue (closing the connection
-    returns every message it got and did not ack)."""
-    with Connection(settings.broker_url) as connection:
+    returns every message it got and did not ack).
+
+    Raises:
+        QueueUnavailable: RabbitMQ is unreachable.
+    """
+    with _broker(settings) as connection:
         return [letter for _, letter in _letters(connection.default_channel,
                                                  QueueNames(settings.namespace).dead, limit)]
+
+
+@contextlib.contextmanager
+def _broker(settings: Settings) -> Iterator[Connection]:
+    """A connection to the settings' broker; an unreachable one is ``QueueUnavailable``."""
+    connection = Connection(settings.broker_url, connect_timeout=settings.publish_confirm_timeout_s)
+    try:
+        try:
+            connection.ensure_connection(max_retries=0)
+        except KombuError as e:
+            raise QueueUnavailable(
+                f"RabbitMQ is unreachable ({e}): is it running? `infermq services` starts it"
+            ) from e
+        yield connection
+    finally:
+        connection.release()
 
 
 def replay_dead(settings: Settings, job_id: str | None = None, limit: int = 10_000) -> int:
@@ -74,7 +101,7 @@ def replay_dead(settings: Settings, job_id: str | None = None, limit: int = 10_0
     publisher = ConfirmedPublisher(settings, topology)
     replayed = 0
     try:
-        with Connection(settings.broker_url) as connection:
+        with _broker(settings) as connection:
             for message, letter in list(_letters(connection.default_channel,
                                                  topology.names.dead, limit)):
                 if job_id is not None and letter.job_id != job_id:

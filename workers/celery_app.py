@@ -63,6 +63,9 @@ def create_app(settings: Settings) -> Celery:
         worker_pool="threads",
         worker_consumer=f"{__name__}:DeadLetteringConsumer",
         worker_send_task_events=settings.task_events,
+        # Events per namespace: `infermq flower` (this app) shows its own deployment's workers
+        # and jobs, not those of every namespace on the broker's vhost.
+        event_exchange=f"{topology.names.namespace}.celeryev",
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=True,

@@ -47,23 +47,27 @@ def kombu_queue(spec: QueueSpec, exchange: Exchange) -> Queue:
                  queue_arguments=spec.arguments)
 
 
+def consumed_queues(topology: Topology) -> list[Queue]:
+    """The queues a worker consumes (work queues, both bands, and webhooks), bound to the
+    topology's direct exchange."""
+    exchange = Exchange(topology.names.exchange, type="direct", durable=True)
+    return [kombu_queue(spec, exchange)
+            for spec in (*topology.work_queues, topology.webhook_queue)]
+
+
 def topology_queues(topology: Topology) -> list[Queue]:
     """Every queue of ``topology``, each bound to its exchange (the dead-letter queue to the
     fanout dead-letter exchange): declaring them all declares the topology."""
-    names = topology.names
-    exchange = Exchange(names.exchange, type="direct", durable=True)
-    dead_exchange = Exchange(names.dead_letter_exchange, type="fanout", durable=True)
+    dead_exchange = Exchange(topology.names.dead_letter_exchange, type="fanout", durable=True)
     dead = topology.dead_queue
-    return [*(kombu_queue(spec, exchange)
-              for spec in (*topology.work_queues, topology.webhook_queue)),
+    return [*consumed_queues(topology),
             Queue(dead.name, exchange=dead_exchange, routing_key="", durable=True,
                   queue_arguments=dead.arguments)]
 
 
 def _rejects_when_full(queue: Queue) -> bool:
-    """Whether the broker nacks a publish to ``queue`` only when it is full (job queues
-    overflow with ``reject-publish``): then a nack is ``QueueFull``, whatever the depth reads
-    a moment later."""
+    """Whether the broker nacks a publish to ``queue`` when it is full: every length-limited
+    queue of the topology overflows with ``reject-publish``, so its nack is ``QueueFull``."""
     arguments = getattr(queue, "queue_arguments", None) or {}
     return arguments.get("x-overflow") == "reject-publish"
 
@@ -78,7 +82,7 @@ class ConfirmedPublisher:
 
     def __init__(self, settings: Settings, topology: Topology) -> None:
         self._settings = settings
-        self._topology = topology
+        self.topology = topology
         self._timeout_s = settings.publish_confirm_timeout_s
         self._exchange = Exchange(topology.names.exchange, type="direct", durable=True)
         self._declarations = topology_queues(topology)
@@ -148,10 +152,10 @@ class ConfirmedPublisher:
         """Publishes ``message`` as a task on the queue its task type, model and priority name
         (an ``auto`` job: the route queue's band); raises as ``publish``."""
         if message.task_type == TaskType.AUTO:
-            queue = self._topology.band_for(self._topology.route_queue, message.priority)
+            queue = self.topology.band_for(self.topology.route_queue, message.priority)
             task = ROUTE_JOB_TASK
         else:
-            queue = self._topology.queue_for(message.task_type.value, message.model,
+            queue = self.topology.queue_for(message.task_type.value, message.model,
                                              message.priority)
             task = RUN_JOB_TASK
         self.publish(queue, task, message.job_id,
@@ -185,7 +189,7 @@ class ConfirmedPublisher:
                 serializer="json", delivery_mode=2, mandatory=True, retry=False, declare=declare,
                 timeout=self._timeout_s, confirm_timeout=self._timeout_s, **options)
         except MessageNacked as e:
-            if _rejects_when_full(target) or self._is_full(connection, target):
+            if _rejects_when_full(target):
                 raise QueueFull(
                     f"queue {target.name} is full and refused job {task_id}: retry later, or "
                     "start more workers (`infermq worker`)") from e
@@ -210,7 +214,7 @@ class ConfirmedPublisher:
             self._collect(connection)
             raise QueueUnavailable(
                 f"RabbitMQ refused to declare infermq's queues: {e.reply_text}. A queue of "
-                f"namespace {self._topology.names.namespace!r} exists with other arguments "
+                f"namespace {self.topology.names.namespace!r} exists with other arguments "
                 "(an older infermq?): delete it (`rabbitmqctl delete_queue <name>`) or set "
                 "INFERMQ_NAMESPACE to a new one") from e
         except AMQPError as e:
@@ -231,16 +235,6 @@ class ConfirmedPublisher:
         """The broker sends an unroutable message back before its confirm: remembered by id,
         so the publish that is waiting for that confirm raises instead of returning."""
         self._returns.ids.add(str(message.properties.get("message_id")))
-
-    def _is_full(self, connection: Connection, target: Queue) -> bool:
-        limit = (getattr(target, "queue_arguments", None) or {}).get("x-max-length")
-        if not isinstance(limit, int):
-            return False
-        try:
-            _, depth, _ = connection.default_channel.queue_declare(target.name, passive=True)
-        except (AMQPError, OSError):
-            return False
-        return int(depth) >= limit
 
     def close(self) -> None:
         self._pool.force_close_all()

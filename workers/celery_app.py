@@ -13,10 +13,9 @@ from typing import Any
 
 from celery import Celery
 from celery.worker.consumer.consumer import Consumer
-from kombu import Exchange
 
 from infermq.settings import Settings
-from producer.publisher import kombu_queue
+from producer.publisher import consumed_queues
 from routing.topology import topology_for
 
 
@@ -45,9 +44,7 @@ class DeadLetteringConsumer(Consumer):
 def create_app(settings: Settings) -> Celery:
     """A Celery app bound to the settings' broker and topology."""
     topology = topology_for(settings)
-    exchange = Exchange(topology.names.exchange, type="direct", durable=True)
-    queues = [kombu_queue(spec, exchange) for spec in (*topology.work_queues,
-                                                       topology.webhook_queue)]
+    queues = consumed_queues(topology)
     app = Celery("infermq", broker=settings.broker_url, set_as_current=True)
     app.conf.update(
         task_serializer="json",

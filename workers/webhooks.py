@@ -30,7 +30,7 @@ from infermq.settings import Settings
 from infermq.webhook_policy import pin_webhook_target
 from infermq.webhook_signature import SIGNATURE_HEADER, sign
 from producer.publisher import ConfirmedPublisher
-from routing.topology import QueueSpec, topology_for
+from routing.topology import QueueSpec
 from stores.apikeys import tenant_webhook_secret
 from stores.connections import get_redis
 from stores.database import get_engine
@@ -167,7 +167,7 @@ def register_webhook_task(app: Celery, settings: Settings,
     through ``publisher``: confirmed, so a committed outbox row's attempt is not lost on the
     way (the outbox sweep would find it, late)."""
     names = QueueNames(settings.namespace)
-    webhook_queue = topology_for(settings).webhook_queue
+    webhook_queue = publisher.topology.webhook_queue
     http = httpx.Client(timeout=settings.webhook_timeout_s)
 
     @app.task(name=DELIVER_WEBHOOK_TASK, acks_late=True, ignore_result=True)
